@@ -1,0 +1,268 @@
+//! cgroup2: finding the mount, naming a target, the guardrails, and transient cgroups.
+
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::error::{Class, Classify};
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Why a cgroup could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 file system is mounted.
+    #[error("no cgroup2 file system is mounted (none in /proc/self/mountinfo)")]
+    NoMount,
+    /// The path names nothing.
+    #[error("cgroup `{0}` does not exist")]
+    NotFound(String),
+    /// The path exists but is not a directory of the cgroup2 file system.
+    #[error("`{0}` is not a cgroup2 directory")]
+    NotCgroup2(String),
+    /// A cgroup the guardrails protect.
+    #[error("refusing to target {what} `{path}`")]
+    Guarded { path: String, what: &'static str },
+    /// A file operation on a cgroup failed.
+    #[error("{op} `{path}`")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Classify for CgroupError {
+    fn class(&self) -> Class {
+        match self {
+            CgroupError::NotFound(_) | CgroupError::NotCgroup2(_) | CgroupError::Guarded { .. } => {
+                Class::BadInput
+            }
+            CgroupError::NoMount | CgroupError::Io { .. } => Class::Environment,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            CgroupError::NoMount => Some("mount one: mount -t cgroup2 none /sys/fs/cgroup".into()),
+            CgroupError::NotFound(_) | CgroupError::NotCgroup2(_) => Some(
+                "give a cgroup2 directory, absolute or relative to the cgroup2 mount, as \
+                 /proc/PID/cgroup shows it (the line starting 0::)"
+                    .into(),
+            ),
+            CgroupError::Guarded { .. } => Some(
+                "this would fault far more than one workload; add --force if that is meant".into(),
+            ),
+            CgroupError::Io { .. } => None,
+        }
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { op, path, source }
+}
+
+/// Where the cgroup2 file system is mounted (`/sys/fs/cgroup` on most machines,
+/// `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn mount_point() -> Result<PathBuf, CgroupError> {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+    mount_point_in(&text).ok_or(CgroupError::NoMount)
+}
+
+fn mount_point_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace()
+            .nth(4)
+            .map(|p| PathBuf::from(unescape_octal(p)))
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A cgroup2 directory, named the three ways the kernel and users name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cgroup {
+    /// The directory, as an absolute file system path.
+    pub path: PathBuf,
+    /// The path below the cgroup2 mount, as /proc/PID/cgroup shows it (`/` for the root).
+    pub name: String,
+    /// The cgroup id: the inode number of the directory.
+    pub id: u64,
+    /// Depth below the root cgroup (the root is 0).
+    pub level: u32,
+}
+
+impl Cgroup {
+    /// Resolves a user's cgroup path: an absolute directory on cgroup2, or a path relative to
+    /// the cgroup2 mount (with or without a leading `/`, as /proc/PID/cgroup prints it).
+    pub fn resolve(mount: &Path, given: &str) -> Result<Cgroup, CgroupError> {
+        let given_path = Path::new(given);
+        let candidates = [
+            given_path.is_absolute().then(|| given_path.to_path_buf()),
+            Some(mount.join(given.trim_start_matches('/'))),
+        ];
+        let path = candidates
+            .into_iter()
+            .flatten()
+            .find(|p| p.exists())
+            .ok_or_else(|| CgroupError::NotFound(given.to_string()))?;
+        let path = path.canonicalize().map_err(io_err("resolve", &path))?;
+        let rel = path
+            .strip_prefix(mount)
+            .map_err(|_| CgroupError::NotCgroup2(given.into()))?;
+        if !path.is_dir() || !is_cgroup2(&path) {
+            return Err(CgroupError::NotCgroup2(given.to_string()));
+        }
+        Self::from_parts(mount, rel)
+    }
+
+    fn from_parts(mount: &Path, rel: &Path) -> Result<Cgroup, CgroupError> {
+        let path = mount.join(rel);
+        let meta = fs::metadata(&path).map_err(io_err("stat", &path))?;
+        let level = rel.components().count() as u32;
+        let name = format!("/{}", rel.to_string_lossy());
+        Ok(Cgroup {
+            path,
+            name,
+            id: meta.ino(),
+            level,
+        })
+    }
+
+    /// The cgroup a process belongs to (its cgroup2 line in /proc/PID/cgroup).
+    pub fn of_process(mount: &Path, pid: &str) -> Result<Cgroup, CgroupError> {
+        let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
+        let text = fs::read_to_string(&file).map_err(io_err("read", &file))?;
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .ok_or_else(|| CgroupError::NotCgroup2(file.display().to_string()))?;
+        Self::from_parts(mount, Path::new(name.trim_start_matches('/')))
+    }
+
+    /// Whether `self` is `other` or one of its ancestors.
+    pub fn contains(&self, other: &Cgroup) -> bool {
+        other.path.starts_with(&self.path)
+    }
+
+    /// Whether any process is in this cgroup or below it (`populated` in `cgroup.events`).
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        let file = self.path.join("cgroup.events");
+        let text = fs::read_to_string(&file).map_err(io_err("read", &file))?;
+        Ok(text.lines().any(|l| l.trim() == "populated 1"))
+    }
+
+    /// Whether the directory still exists.
+    pub fn exists(&self) -> bool {
+        self.path.join("cgroup.procs").exists()
+    }
+}
+
+/// Whether `path` lies on a cgroup2 file system.
+pub fn is_cgroup2(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path and `buf` a zeroed statfs the call fills in.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == CGROUP2_SUPER_MAGIC
+    }
+}
+
+/// Refuses targets that would fault much more than one workload, unless `force`:
+/// the root cgroup, the injector's own cgroup and its ancestors, and PID 1's cgroup.
+pub fn check_guardrails(mount: &Path, target: &Cgroup, force: bool) -> Result<(), CgroupError> {
+    if force {
+        return Ok(());
+    }
+    let guarded = |what| {
+        Err(CgroupError::Guarded {
+            path: target.name.clone(),
+            what,
+        })
+    };
+    if target.level == 0 {
+        return guarded("the root cgroup");
+    }
+    let own = Cgroup::of_process(mount, "self")?;
+    if target.contains(&own) {
+        return if target.id == own.id {
+            guarded("chaos-user's own cgroup")
+        } else {
+            guarded("an ancestor of chaos-user's own cgroup")
+        };
+    }
+    if let Ok(init) = Cgroup::of_process(mount, "1") {
+        if init.id == target.id {
+            return guarded("PID 1's cgroup");
+        }
+    }
+    Ok(())
+}
+
+/// Creates a cgroup directory (the caller has logged it in the undo log first).
+pub fn create(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir(path).map_err(io_err("create cgroup", path))
+}
+
+/// Removes an empty cgroup directory; a cgroup that no longer exists counts as removed.
+pub fn remove(path: &Path) -> Result<(), CgroupError> {
+    match fs::remove_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(io_err("remove cgroup", path)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_mountinfo() {
+        let text = "\
+30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            mount_point_in(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(mount_point_in("1 2 0:1 / /x rw - tmpfs tmpfs rw\n"), None);
+        let escaped = "41 31 0:38 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
+        assert_eq!(
+            mount_point_in(escaped),
+            Some(PathBuf::from("/mnt/my cgroups"))
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! `chaos-user run`: a command in a fresh cgroup, with faults, until it exits.
+
+use std::{
+    ffi::OsString,
+    fs,
+    io::ErrorKind,
+    os::{fd::AsRawFd as _, unix::process::ExitStatusExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::time::{MissedTickBehavior, interval, sleep_until};
+
+use super::{RunArgs, report_leftovers, signals};
+use crate::{
+    cgroup::{self, Cgroup},
+    error::UsageError,
+    loader,
+    report::{CommandReport, EndReason, Report},
+    session::{Deadline, Session, TICK},
+    undo::{Entry, Outcome, UndoLog},
+};
+
+pub(super) fn main(args: RunArgs) -> Result<i32> {
+    let (faults, duration) = args.faults.parse()?;
+    if args
+        .faults
+        .json
+        .as_deref()
+        .is_some_and(|p| p.as_os_str() == "-")
+    {
+        return Err(UsageError {
+            message: "--json - is not available under run: stdout belongs to the command".into(),
+            hint: Some("give a file, for example --json report.json".into()),
+        }
+        .into());
+    }
+    let program = match find_program(&args.command[0]) {
+        Ok(p) => p,
+        Err(status) => {
+            let what = if status == 127 {
+                "command not found"
+            } else {
+                "not executable"
+            };
+            eprintln!("chaos-user: {}: {what}", args.command[0].to_string_lossy());
+            return Ok(status);
+        }
+    };
+    let mount = cgroup::mount_point()?;
+    report_leftovers();
+    loader::check_ready()?;
+
+    let mut undo = UndoLog::new()?;
+    let path = mount.join(format!("chaos-user-run-{}", std::process::id()));
+    let entry = Entry::Cgroup { path: path.clone() };
+    undo.push(entry.clone())?;
+    cgroup::create(&path)?;
+    let result = run_in(
+        &args,
+        duration,
+        faults,
+        &program,
+        Cgroup::resolve(&mount, &path.to_string_lossy())?,
+    );
+    let (status, abandon) = match result {
+        Ok(ran) => ran,
+        Err(e) => {
+            undo.undo(&entry)?;
+            return Err(e);
+        }
+    };
+    if !abandon {
+        match undo.undo(&entry)? {
+            Outcome::Undone | Outcome::AlreadyGone => {}
+            Outcome::Pending(why) => eprintln!(
+                "chaos-user: cgroup {} stays ({why}); `chaos-user recover` removes it later",
+                path.display()
+            ),
+        }
+    } else {
+        eprintln!(
+            "chaos-user: left cgroup {} with processes in it; `chaos-user recover` removes it once \
+             they are gone",
+            path.display()
+        );
+    }
+    Ok(status)
+}
+
+/// Runs the command in `target` with the faults; returns its exit status and whether the
+/// cgroup was abandoned with processes still in it.
+fn run_in(
+    args: &RunArgs,
+    duration: Option<Duration>,
+    faults: Vec<crate::spec::FaultSpec>,
+    program: &Path,
+    target: Cgroup,
+) -> Result<(i32, bool)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut signals = signals::watch()?;
+    let deadline = duration.map_or(Deadline::Lease, Deadline::At);
+    let mut session = Some(Session::start(target.clone(), faults, deadline)?);
+
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(target.path.join("cgroup.procs"))
+        .with_context(|| format!("open {}/cgroup.procs", target.path.display()))?;
+    let procs_fd = procs.as_raw_fd();
+    let mut command = tokio::process::Command::new(program);
+    command.arg0(&args.command[0]).args(&args.command[1..]);
+    // SAFETY: the closure runs in the child between fork and exec and only calls write(2),
+    // which is async-signal-safe, on a descriptor opened before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    runtime.block_on(async move {
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let status = if e.kind() == ErrorKind::NotFound { 127 } else { 126 };
+                eprintln!("chaos-user: {}: {e}", program.display());
+                return Ok((status, false));
+            }
+        };
+        drop(procs);
+        let child_pid = child.id().map(|p| p as i32);
+        let started = session.as_ref().map(Session::started).unwrap_or_else(std::time::SystemTime::now);
+        let attachments = session.as_ref().map(Session::attachments).unwrap_or_default();
+        let end = duration.map(|d| tokio::time::Instant::now() + d);
+        let mut tick = interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut faults_report = None;
+        let mut end_reason = EndReason::CommandExited;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status?,
+                _ = tick.tick() => {
+                    if let Some(s) = session.as_mut() {
+                        s.tick()?;
+                    }
+                }
+                () = sleep_until(end.unwrap_or_else(tokio::time::Instant::now)),
+                    if end.is_some() && session.is_some() => {
+                    if let Some(s) = session.take() {
+                        faults_report = Some(s.stop()?);
+                        end_reason = EndReason::Duration;
+                        eprintln!("chaos-user: --duration ended; faults removed, the command runs on");
+                    }
+                }
+                Some(sig) = signals.recv() => {
+                    // Ctrl-C from the terminal has reached the command already.
+                    if !sig.from_terminal {
+                        if let Some(pid) = child_pid {
+                            // SAFETY: kill(2) on the PID of the child this process started and
+                            // has not yet reaped.
+                            unsafe { libc::kill(pid, sig.signal) };
+                        }
+                    }
+                }
+            }
+        };
+        let faults = match session.take() {
+            Some(s) => s.stop()?,
+            None => faults_report.unwrap_or_default(),
+        };
+        let exit_status = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let mut report = Report::new("run", target.clone(), faults, attachments, started, end_reason);
+        report.run = Some(CommandReport {
+            argv: args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+            exit_status,
+            signal: status.signal(),
+        });
+        eprint!("{}", report.summary());
+        if let Some(path) = &args.faults.json {
+            report.write_json(path)?;
+        }
+        let abandon = wait_until_empty(&target, &mut signals).await?;
+        Ok((exit_status, abandon))
+    })
+}
+
+/// Waits for processes the command left in its cgroup; a signal abandons the wait.
+async fn wait_until_empty(
+    target: &Cgroup,
+    signals: &mut tokio::sync::mpsc::UnboundedReceiver<signals::Received>,
+) -> Result<bool> {
+    let mut told = false;
+    let mut poll = interval(Duration::from_millis(50));
+    for round in 0u32.. {
+        if !target.populated()? {
+            return Ok(false);
+        }
+        if round == 20 && !told {
+            told = true;
+            eprintln!(
+                "chaos-user: waiting for processes the command left in cgroup {} (Ctrl-C to leave \
+                 them)",
+                target.name
+            );
+        }
+        tokio::select! {
+            _ = poll.tick() => {}
+            Some(_) = signals.recv() => return Ok(true),
+        }
+    }
+    Ok(true)
+}
+
+/// Finds the program as execvp would; Err carries 127 (not found) or 126 (not executable).
+fn find_program(name: &OsString) -> Result<PathBuf, i32> {
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = Path::new(name);
+    if path.components().count() > 1 || name.to_string_lossy().contains('/') {
+        return if !path.exists() {
+            Err(127)
+        } else if executable(path) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(126)
+        };
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let mut found_unexecutable = false;
+    for dir in std::env::split_paths(&search) {
+        let candidate = dir.join(name);
+        if executable(&candidate) {
+            return Ok(candidate);
+        }
+        found_unexecutable |= candidate.exists();
+    }
+    Err(if found_unexecutable { 126 } else { 127 })
+}

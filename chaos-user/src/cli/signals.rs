@@ -1,0 +1,37 @@
+//! SIGINT, SIGTERM and SIGHUP as a stream, each with whether the terminal sent it.
+
+use signal_hook::{
+    consts::{SIGHUP, SIGINT, SIGTERM},
+    iterator::{SignalsInfo, exfiltrator::WithOrigin},
+    low_level::siginfo::Cause,
+};
+use tokio::sync::mpsc;
+
+/// One signal received.
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    pub signal: i32,
+    /// Sent by the kernel on behalf of the terminal (Ctrl-C), so the whole foreground process
+    /// group, a command started by `run` included, has it already.
+    pub from_terminal: bool,
+}
+
+/// Starts watching; the process no longer dies of these signals.
+pub fn watch() -> anyhow::Result<mpsc::UnboundedReceiver<Received>> {
+    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP])?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for origin in signals.forever() {
+                let received = Received {
+                    signal: origin.signal,
+                    from_terminal: matches!(origin.cause, Cause::Kernel),
+                };
+                if tx.send(received).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}

@@ -1,0 +1,13 @@
+//! chaos-user: fault injection for one cgroup, with eBPF.
+//!
+//! The library behind the `chaos-user` binary: the spec grammar, cgroup targets, the loader of
+//! the kernel programs, sessions, the undo log and reports.
+
+pub mod cgroup;
+pub mod cli;
+pub mod error;
+pub mod loader;
+pub mod report;
+pub mod session;
+pub mod spec;
+pub mod undo;

@@ -1,0 +1,346 @@
+//! The embedded kernel object: loading it, writing the rule records, attaching the programs
+//! the plan needs, and reading the counters back.
+
+use std::{fs, os::fd::AsFd as _};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{Array, MapError, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, ProgramError, SchedClassifier,
+        TcAttachType, tc::TcAttachOptions,
+    },
+    util::KernelVersion,
+};
+use chaos_common::{
+    COUNTER_EGRESS, COUNTER_INGRESS, LossRule, MAX_LOSS_RULES, RuleCounters, Target,
+    VERDICT_REDIRECT_NOWHERE,
+};
+
+use crate::{
+    cgroup::Cgroup,
+    error::{Class, Classify},
+};
+
+/// The kernel programs, built by build.rs from `chaos-ebpf`. Empty when the eBPF toolchain was
+/// missing at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos.bpf.o"));
+
+/// Names of the programs in the object, as the kernel lists them.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("loss_egress", "tc classifier (tcx)"),
+    ("loss_ingress", "cgroup_skb ingress"),
+];
+
+/// Why the kernel side could not be set up. Every variant is the environment's refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The binary has no programs in it.
+    #[error("this chaos-user was built without its eBPF programs")]
+    NotBuilt,
+    /// Not root.
+    #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    NotPrivileged,
+    /// The object does not parse.
+    #[error("parse the embedded eBPF object")]
+    Object(#[source] EbpfError),
+    /// The object lacks a program or map this build expects.
+    #[error("the embedded eBPF object has no {0}")]
+    Missing(&'static str),
+    /// The kernel refused a program; the source carries the verifier log.
+    #[error("the kernel refused to load program `{program}`")]
+    Refused {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// A program loaded but could not be attached.
+    #[error("attach `{program}` to {to}")]
+    Attach {
+        program: &'static str,
+        to: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("{op} map {map}")]
+    Map {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// tcx links are needed for silent egress loss.
+    #[error("egress loss needs tcx links (kernel 6.6 or later); this kernel is {0}")]
+    NoTcx(String),
+    /// More rules of one kind than the programs walk.
+    #[error("at most {MAX_LOSS_RULES} loss rules per target; {0} were given")]
+    TooManyRules(usize),
+}
+
+impl Classify for LoadError {
+    fn class(&self) -> Class {
+        match self {
+            LoadError::TooManyRules(_) => Class::BadInput,
+            _ => Class::Environment,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            LoadError::NotBuilt => Some(
+                "run `cargo xtask setup` to install the eBPF toolchain, then build again".into(),
+            ),
+            LoadError::NotPrivileged => Some("run it with sudo".into()),
+            LoadError::NoTcx(_) => Some("dir=ingress works on this kernel".into()),
+            LoadError::Refused { .. } => {
+                Some("`chaos-user doctor` shows which programs this kernel loads".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether this binary carries its programs.
+pub fn built_with_programs() -> bool {
+    !OBJECT.is_empty()
+}
+
+/// Fails unless the binary has its programs and runs as root.
+pub fn check_ready() -> Result<(), LoadError> {
+    if !built_with_programs() {
+        return Err(LoadError::NotBuilt);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotPrivileged);
+    }
+    Ok(())
+}
+
+/// Whether this kernel has tcx links (6.6 and later), which make egress loss silent.
+pub fn has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// The kernel programs of one session, loaded; attachments live as long as this value.
+pub struct Programs {
+    ebpf: Ebpf,
+    egress_interfaces: Vec<String>,
+    ingress_attached: bool,
+}
+
+impl Programs {
+    /// Parses the object and loads (verifies) the named programs without attaching anything.
+    pub fn load(egress: bool, ingress: bool) -> Result<Programs, LoadError> {
+        check_ready()?;
+        if egress && !has_tcx() {
+            let version = KernelVersion::current()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            return Err(LoadError::NoTcx(version));
+        }
+        let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+        if egress {
+            let prog: &mut SchedClassifier = program(&mut ebpf, "loss_egress")?;
+            prog.load().map_err(|source| LoadError::Refused {
+                program: "loss_egress",
+                source,
+            })?;
+        }
+        if ingress {
+            let prog: &mut CgroupSkb = program(&mut ebpf, "loss_ingress")?;
+            prog.load().map_err(|source| LoadError::Refused {
+                program: "loss_ingress",
+                source,
+            })?;
+        }
+        Ok(Programs {
+            ebpf,
+            egress_interfaces: Vec::new(),
+            ingress_attached: false,
+        })
+    }
+
+    /// Writes the rules and then the target record that makes them live.
+    pub fn configure(&mut self, target: &Cgroup, rules: &[LossRule]) -> Result<(), LoadError> {
+        if rules.len() > MAX_LOSS_RULES as usize {
+            return Err(LoadError::TooManyRules(rules.len()));
+        }
+        self.write_rules(rules)?;
+        let record = Target {
+            cgroup_id: target.id,
+            level: target.level,
+            egress_verdict: VERDICT_REDIRECT_NOWHERE,
+            loss_rules: rules.len() as u32,
+            _pad: 0,
+        };
+        let map = self
+            .ebpf
+            .map_mut("TARGET")
+            .ok_or(LoadError::Missing("map TARGET"))?;
+        let mut array: Array<_, Target> =
+            Array::try_from(map).map_err(|source| LoadError::Map {
+                op: "open",
+                map: "TARGET",
+                source,
+            })?;
+        array.set(0, record, 0).map_err(|source| LoadError::Map {
+            op: "write",
+            map: "TARGET",
+            source,
+        })
+    }
+
+    /// Rewrites the rule records (to renew their deadlines).
+    pub fn write_rules(&mut self, rules: &[LossRule]) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut("LOSS_RULES")
+            .ok_or(LoadError::Missing("map LOSS_RULES"))?;
+        let mut array: Array<_, LossRule> =
+            Array::try_from(map).map_err(|source| LoadError::Map {
+                op: "open",
+                map: "LOSS_RULES",
+                source,
+            })?;
+        for (i, rule) in rules.iter().enumerate() {
+            array
+                .set(i as u32, *rule, 0)
+                .map_err(|source| LoadError::Map {
+                    op: "write",
+                    map: "LOSS_RULES",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the egress program to every interface not yet attached; returns the new ones.
+    pub fn attach_egress_everywhere(&mut self) -> Result<Vec<String>, LoadError> {
+        let mut added = Vec::new();
+        for name in interfaces() {
+            if self.egress_interfaces.contains(&name) {
+                continue;
+            }
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, "loss_egress")?;
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            match prog.attach_with_options(&name, TcAttachType::Egress, options) {
+                Ok(_) => {}
+                // The interface went away between listing and attaching.
+                Err(_) if !interfaces().contains(&name) => continue,
+                Err(source) => {
+                    return Err(LoadError::Attach {
+                        program: "loss_egress",
+                        to: format!("tcx egress of {name}"),
+                        source,
+                    });
+                }
+            }
+            self.egress_interfaces.push(name.clone());
+            added.push(name);
+        }
+        Ok(added)
+    }
+
+    /// Attaches the ingress program to the target cgroup.
+    pub fn attach_ingress(&mut self, target: &Cgroup) -> Result<(), LoadError> {
+        let attach_err = |source| LoadError::Attach {
+            program: "loss_ingress",
+            to: format!("cgroup {}", target.name),
+            source,
+        };
+        let dir = fs::File::open(&target.path).map_err(|e| attach_err(ProgramError::IOError(e)))?;
+        let prog: &mut CgroupSkb = program(&mut self.ebpf, "loss_ingress")?;
+        prog.attach(
+            dir.as_fd(),
+            CgroupSkbAttachType::Ingress,
+            CgroupAttachMode::Single,
+        )
+        .map_err(attach_err)?;
+        self.ingress_attached = true;
+        Ok(())
+    }
+
+    /// Where the programs are attached, for the report.
+    pub fn attachments(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .egress_interfaces
+            .iter()
+            .map(|i| format!("tcx egress {i}"))
+            .collect();
+        if self.ingress_attached {
+            out.push("cgroup_skb ingress".to_string());
+        }
+        out
+    }
+
+    /// Counters of rule `rule`, summed over CPUs: (egress, ingress).
+    pub fn counters(&self, rule: u32) -> Result<(RuleCounters, RuleCounters), LoadError> {
+        let map = self
+            .ebpf
+            .map("LOSS_COUNTERS")
+            .ok_or(LoadError::Missing("map LOSS_COUNTERS"))?;
+        let array: PerCpuArray<_, RuleCounters> =
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
+                op: "open",
+                map: "LOSS_COUNTERS",
+                source,
+            })?;
+        let sum = |index: u32| -> Result<RuleCounters, LoadError> {
+            let values = array.get(&index, 0).map_err(|source| LoadError::Map {
+                op: "read",
+                map: "LOSS_COUNTERS",
+                source,
+            })?;
+            Ok(values
+                .iter()
+                .fold(RuleCounters::default(), |acc, v| RuleCounters {
+                    matched: acc.matched + v.matched,
+                    injected: acc.injected + v.injected,
+                    passed: acc.passed + v.passed,
+                }))
+        };
+        Ok((
+            sum(rule * 2 + COUNTER_EGRESS)?,
+            sum(rule * 2 + COUNTER_INGRESS)?,
+        ))
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(LoadError::Missing(name))
+}
+
+/// The network interfaces of this network namespace.
+pub fn interfaces() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir("/sys/class/net")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Loads one program of the object alone, attaching nothing, to see whether this kernel takes it.
+pub fn probe(name: &'static str) -> Result<(), LoadError> {
+    check_ready()?;
+    let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+    let loaded = match ebpf.program_mut(name).ok_or(LoadError::Missing(name))? {
+        aya::programs::Program::SchedClassifier(p) => p.load(),
+        aya::programs::Program::CgroupSkb(p) => p.load(),
+        _ => return Err(LoadError::Missing(name)),
+    };
+    loaded.map_err(|source| LoadError::Refused {
+        program: name,
+        source,
+    })
+}

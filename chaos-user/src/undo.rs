@@ -1,0 +1,230 @@
+//! The undo log: everything a session does that the kernel would not undo by itself when the
+//! process dies is written here first, so that `chaos-user recover` (or the next start) can
+//! undo what a killed session left.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Version of the record format on disk.
+const SCHEMA_VERSION: u32 = 1;
+
+/// Where undo logs live: `CHAOS_USER_RUNTIME_DIR`, else `/run/chaos-user`.
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("CHAOS_USER_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/chaos-user"))
+}
+
+/// One thing to undo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Entry {
+    /// A transient cgroup that `run` created; removed once its processes are gone.
+    Cgroup { path: PathBuf },
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
+        }
+    }
+}
+
+/// What undoing one entry came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Undone now.
+    Undone,
+    /// Nothing was left to undo.
+    AlreadyGone,
+    /// Cannot be undone yet; the reason says what it waits for.
+    Pending(String),
+}
+
+/// Undoes one entry. Running it twice is harmless.
+pub fn undo(entry: &Entry) -> Result<Outcome> {
+    match entry {
+        Entry::Cgroup { path } => {
+            if !path.exists() {
+                return Ok(Outcome::AlreadyGone);
+            }
+            let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+            let events = fs::read_to_string(path.join("cgroup.events")).unwrap_or_default();
+            if events.lines().any(|l| l.trim() == "populated 1") {
+                let pids: Vec<&str> = procs.split_whitespace().collect();
+                return Ok(Outcome::Pending(if pids.is_empty() {
+                    "processes remain in its descendant cgroups".to_string()
+                } else {
+                    format!("processes remain in it: {}", pids.join(" "))
+                }));
+            }
+            crate::cgroup::remove(path)?;
+            Ok(Outcome::Undone)
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Record {
+    schema_version: u32,
+    pid: u32,
+    /// The process's start time in clock ticks after boot, to tell it from a reused PID.
+    start_time: u64,
+    entries: Vec<Entry>,
+}
+
+/// The live session's own undo log.
+#[derive(Debug)]
+pub struct UndoLog {
+    path: PathBuf,
+    record: Record,
+}
+
+impl UndoLog {
+    /// Opens this process's log; nothing is written until the first entry.
+    pub fn new() -> Result<UndoLog> {
+        let pid = std::process::id();
+        let start_time = process_start_time(pid)
+            .with_context(|| format!("read the start time of process {pid}"))?;
+        Ok(UndoLog {
+            path: runtime_dir().join(format!("session-{pid}.json")),
+            record: Record {
+                schema_version: SCHEMA_VERSION,
+                pid,
+                start_time,
+                entries: Vec::new(),
+            },
+        })
+    }
+
+    /// Records an entry; call before doing what it undoes.
+    pub fn push(&mut self, entry: Entry) -> Result<()> {
+        self.record.entries.push(entry);
+        self.write()
+    }
+
+    /// Undoes an entry and forgets it once undone.
+    pub fn undo(&mut self, entry: &Entry) -> Result<Outcome> {
+        let outcome = undo(entry)?;
+        if !matches!(outcome, Outcome::Pending(_)) {
+            self.record.entries.retain(|e| e != entry);
+            self.write()?;
+        }
+        Ok(outcome)
+    }
+
+    /// The entries not yet undone.
+    pub fn entries(&self) -> &[Entry] {
+        &self.record.entries
+    }
+
+    /// The file this log lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&self) -> Result<()> {
+        if self.record.entries.is_empty() {
+            return match fs::remove_file(&self.path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("remove {}", self.path.display()))
+                }
+                _ => Ok(()),
+            };
+        }
+        let dir = runtime_dir();
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let tmp = self.path.with_extension("tmp");
+        let text = serde_json::to_vec_pretty(&self.record)?;
+        fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+        let file = fs::File::open(&tmp)?;
+        file.sync_all()
+            .with_context(|| format!("sync {}", tmp.display()))?;
+        fs::rename(&tmp, &self.path).with_context(|| format!("write {}", self.path.display()))
+    }
+}
+
+/// The undo log of a session that is no longer running.
+#[derive(Debug)]
+pub struct Leftover {
+    pub file: PathBuf,
+    pub pid: u32,
+    pub entries: Vec<Entry>,
+}
+
+/// The logs of dead sessions in the runtime directory.
+pub fn leftovers() -> Result<Vec<Leftover>> {
+    let dir = runtime_dir();
+    let read = match fs::read_dir(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        other => other.with_context(|| format!("read {}", dir.display()))?,
+    };
+    let mut found = Vec::new();
+    for item in read {
+        let file = item?.path();
+        if file.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+        let record: Record = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not an undo log of this version", file.display()))?;
+        if process_start_time(record.pid).ok() == Some(record.start_time) {
+            continue;
+        }
+        found.push(Leftover {
+            file,
+            pid: record.pid,
+            entries: record.entries,
+        });
+    }
+    found.sort_by_key(|l| l.pid);
+    Ok(found)
+}
+
+/// Rewrites a dead session's log with what is still left, or removes it when nothing is.
+pub fn rewrite_leftover(leftover: &Leftover, remaining: Vec<Entry>) -> Result<()> {
+    if remaining.is_empty() {
+        return fs::remove_file(&leftover.file)
+            .with_context(|| format!("remove {}", leftover.file.display()));
+    }
+    let record = Record {
+        schema_version: SCHEMA_VERSION,
+        pid: leftover.pid,
+        start_time: 0,
+        entries: remaining,
+    };
+    fs::write(&leftover.file, serde_json::to_vec_pretty(&record)?)
+        .with_context(|| format!("write {}", leftover.file.display()))
+}
+
+/// Field 22 of /proc/PID/stat.
+fn process_start_time(pid: u32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_readable() {
+        let t = process_start_time(std::process::id()).unwrap();
+        assert!(t > 0);
+    }
+}
