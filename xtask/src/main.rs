@@ -1,1 +1,79 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | build | test | demo`.
+#![allow(
+    clippy::print_stdout,
+    reason = "a command-line tool: its output is the point"
+)]
+
+mod demo;
+mod privileged;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set-up, build, test and demo of chaos-user"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the kernel programs needs (idempotent; seconds when nothing is
+    /// missing).
+    Setup,
+    /// Set up, then build chaos-user with its programs.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, lint, run the unit tests and then the privileged tests as root.
+    Test {
+        /// Also run the long forms of the tests.
+        #[arg(long)]
+        long: bool,
+        /// Run only privileged tests whose name contains this text.
+        #[arg(long, value_name = "TEXT")]
+        filter: Option<String>,
+    },
+    /// Set up, build, and show loss on a real workload in a fresh cgroup next to the same
+    /// workload outside it.
+    Demo,
+    /// Runs privileged test binaries as root, each test in its own cgroup (used by `test`).
+    #[command(hide = true)]
+    Privileged(privileged::Args),
+    /// The demo's workload (runs inside the demo's cgroup).
+    #[command(hide = true)]
+    DemoWorkload(demo::WorkloadArgs),
+    /// The demo, once built and as root (used by `demo` through sudo).
+    #[command(hide = true)]
+    DemoAsRoot,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run().map(|_| 0),
+        Task::Build { release } => setup::run()
+            .and_then(|_| util::build_chaos_user(release))
+            .map(|_| 0),
+        Task::Test { long, filter } => test::run(long, filter),
+        Task::Demo => demo::run(),
+        Task::Privileged(args) => privileged::run(args),
+        Task::DemoWorkload(args) => demo::workload(args),
+        Task::DemoAsRoot => demo::demo_as_root(&util::root().join("target/debug/chaos-user")),
+    };
+    match result {
+        Ok(status) => std::process::exit(status),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
