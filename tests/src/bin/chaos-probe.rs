@@ -1,0 +1,112 @@
+//! The workload the privileged tests put into cgroups. Each subcommand prints one JSON line.
+//!
+//! - `udp-send ADDR COUNT INTERVAL_US`: numbered datagrams; counts sendto errors.
+//! - `udp-recv SECONDS`: binds 127.0.0.1:0, prints `{"port":P}`, counts datagrams for SECONDS.
+//! - `tcp-send ADDR BYTES`: one connection; prints the bytes sent and TCP's retransmissions.
+#![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
+
+use std::{
+    io::{Read, Write},
+    net::{TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).unwrap_or_else(|| usage()).as_str();
+    match arg(0) {
+        "udp-send" => udp_send(
+            arg(1),
+            arg(2).parse().unwrap_or_else(|_| usage()),
+            arg(3).parse().unwrap_or_else(|_| usage()),
+        ),
+        "udp-recv" => udp_recv(arg(1).parse().unwrap_or_else(|_| usage())),
+        "tcp-send" => tcp_send(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS | tcp-send ADDR BYTES"
+    );
+    std::process::exit(2);
+}
+
+fn udp_send(to: &str, count: u32, interval_us: u64) {
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let mut errors = 0u64;
+    let mut first_error = String::new();
+    let started = Instant::now();
+    for seq in 0..count {
+        let mut payload = [0u8; 32];
+        payload[..4].copy_from_slice(&seq.to_le_bytes());
+        if let Err(e) = socket.send_to(&payload, to) {
+            if errors == 0 {
+                first_error = e.to_string();
+            }
+            errors += 1;
+        }
+        // Pace by the clock so that the receiver drains as fast as datagrams come.
+        let due = started + Duration::from_micros(interval_us * u64::from(seq + 1));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    println!("{{\"sent\":{count},\"errors\":{errors},\"first_error\":{first_error:?}}}");
+}
+
+fn udp_recv(seconds: u64) {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    println!(
+        "{{\"port\":{}}}",
+        socket.local_addr().expect("address").port()
+    );
+    std::io::stdout().flush().expect("flush");
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut received = 0u64;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        if socket.recv(&mut buf).is_ok() {
+            received += 1;
+        }
+    }
+    println!("{{\"received\":{received}}}");
+}
+
+fn tcp_send(to: &str, bytes: usize) {
+    let mut stream = TcpStream::connect(to).expect("connect");
+    let chunk = vec![0xa5u8; 1 << 16];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        stream.write_all(&chunk[..n]).expect("write");
+        sent += n;
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("read the peer's close");
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
+    let retransmits = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "getsockopt TCP_INFO");
+        info.tcpi_total_retrans
+    };
+    println!("{{\"bytes\":{sent},\"retransmits\":{retransmits}}}");
+}
