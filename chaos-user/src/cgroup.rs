@@ -51,8 +51,8 @@ impl Classify for CgroupError {
         match self {
             CgroupError::NoMount => Some("mount one: mount -t cgroup2 none /sys/fs/cgroup".into()),
             CgroupError::NotFound(_) | CgroupError::NotCgroup2(_) => Some(
-                "give a cgroup2 directory, absolute or relative to the cgroup2 mount, as \
-                 /proc/PID/cgroup shows it (the line starting 0::)"
+                "give a cgroup2 directory: absolute, or relative to the cgroup2 mount as the \
+                 0:: line of /proc/PID/cgroup shows it"
                     .into(),
             ),
             CgroupError::Guarded { .. } => Some(
@@ -126,15 +126,18 @@ impl Cgroup {
     /// the cgroup2 mount (with or without a leading `/`, as /proc/PID/cgroup prints it).
     pub fn resolve(mount: &Path, given: &str) -> Result<Cgroup, CgroupError> {
         let given_path = Path::new(given);
-        let candidates = [
-            given_path.is_absolute().then(|| given_path.to_path_buf()),
-            Some(mount.join(given.trim_start_matches('/'))),
-        ];
-        let path = candidates
-            .into_iter()
-            .flatten()
-            .find(|p| p.exists())
-            .ok_or_else(|| CgroupError::NotFound(given.to_string()))?;
+        let path = if given_path.is_absolute() && given_path.exists() && is_cgroup2(given_path) {
+            given_path.to_path_buf()
+        } else {
+            mount.join(given.trim_start_matches('/'))
+        };
+        if !path.exists() {
+            return Err(if given_path.is_absolute() && given_path.exists() {
+                CgroupError::NotCgroup2(given.to_string())
+            } else {
+                CgroupError::NotFound(given.to_string())
+            });
+        }
         let path = path.canonicalize().map_err(io_err("resolve", &path))?;
         let rel = path
             .strip_prefix(mount)

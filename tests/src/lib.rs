@@ -237,8 +237,15 @@ impl Injector {
     /// Waits for the exit; returns the status and its stderr lines.
     pub fn wait(&mut self) -> (ExitStatus, Vec<String>) {
         let status = self.child.wait().expect("wait for chaos-user");
+        // A command that `run` started may hold the pipe open after chaos-user is gone.
         if let Some(reader) = self.reader.take() {
-            reader.join().expect("stderr reader");
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                reader.join().expect("stderr reader");
+            }
         }
         (status, self.stderr.lock().expect("lock").clone())
     }

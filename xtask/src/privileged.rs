@@ -259,6 +259,13 @@ fn leftovers(cgroup: &Path, runtime: &Path, in_cgroup: bool) -> Vec<String> {
             problems.push(format!("left cgroups: {}", children.join(", ")));
         }
     }
+    let mount = cgroup.parent().unwrap_or(Path::new("/"));
+    for name in run_cgroups(mount) {
+        problems.push(format!("left cgroup {name}"));
+        let path = mount.join(&name);
+        kill_cgroup(&path);
+        remove_tree(&path);
+    }
     if let Ok(dir) = fs::read_dir(runtime) {
         let files: Vec<String> = dir
             .filter_map(|e| e.ok())
@@ -323,4 +330,16 @@ fn remove_tree(cgroup: &Path) -> Vec<String> {
         format!("remove {}", cgroup.display()),
     );
     found
+}
+
+/// Transient cgroups of `chaos-user run`, directly below the mount.
+fn run_cgroups(mount: &Path) -> Vec<String> {
+    fs::read_dir(mount)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("chaos-user-run-"))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -160,12 +160,16 @@ pub fn main() -> i32 {
     let under_run = args.get(1).is_some_and(|a| a == "run");
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            return if e.print().is_ok() { 0 } else { 2 };
+        }
         Err(e) => {
-            // --help and --version are not errors.
-            if e.print().is_err() || e.use_stderr() {
-                return if under_run { 125 } else { 2 };
-            }
-            return 0;
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("chaos-user: error: {first} (see --help)");
+            return if under_run { 125 } else { 2 };
         }
     };
     let result = match cli.command {

@@ -104,6 +104,14 @@ fn run_in(
     let mut signals = signals::watch()?;
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
     let mut session = Some(Session::start(target.clone(), faults, deadline)?);
+    if let Some(s) = &session {
+        eprintln!(
+            "chaos-user: injecting into cgroup {} ({}); starting {}",
+            target.name,
+            s.attachments().join(", "),
+            program.display()
+        );
+    }
 
     let procs = fs::OpenOptions::new()
         .write(true)

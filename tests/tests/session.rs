@@ -1,0 +1,196 @@
+//! Sessions: `run` and its exit statuses, clean exits, SIGKILL, frozen injectors, `recover`.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chaos_tests::{
+    Injector, TestCgroup, UdpCounter, chaos_user, our_programs_loaded, programs_left_after,
+    root_or_skip, run, run_cgroups, udp_send, undo_logs,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_chaos-probe");
+
+#[test]
+fn run_ping_under_total_loss_fails_as_ping_does() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut inside = chaos_user();
+    inside.args(["run", "--fault", "loss:p=1", "--", "ping", "-c", "4", "-i", "0.2", "-W", "1"]);
+    inside.arg("127.0.0.1");
+    let inside = inside.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start run");
+    // The same ping outside the cgroup, at the same time.
+    std::thread::sleep(Duration::from_millis(200));
+    let (outside, out_stdout, _) =
+        run(Command::new("ping").args(["-c", "3", "-i", "0.2", "-W", "1", "127.0.0.1"]));
+    let inside = inside.wait_with_output().expect("wait for run");
+    let stdout = String::from_utf8_lossy(&inside.stdout);
+    println!("inside: {stdout}\noutside: {out_stdout}");
+    assert_eq!(inside.status.code(), Some(1), "ping's own status for no reply: {stdout}");
+    assert!(stdout.contains("100% packet loss"), "{stdout}");
+    assert!(outside.success(), "ping outside the cgroup works: {out_stdout}");
+    assert!(run_cgroups().is_empty(), "run removed its cgroup");
+}
+
+#[test]
+fn run_passes_on_the_command_status() {
+    if !root_or_skip() {
+        return;
+    }
+    let not_executable = std::env::temp_dir().join(format!("chaos-noexec-{}", std::process::id()));
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").expect("write a script");
+    let not_executable = not_executable.to_str().expect("UTF-8 path").to_string();
+    let cases: &[(&[&str], i32)] = &[
+        (&["/bin/sh", "-c", "exit 7"], 7),
+        (&["/bin/sh", "-c", "kill -TERM $$"], 128 + libc::SIGTERM),
+        (&["/bin/true"], 0),
+        (&["no-such-command-anywhere"], 127),
+        (&[&not_executable], 126),
+    ];
+    for (argv, want) in cases {
+        let (status, _, stderr) =
+            run(chaos_user().args(["run", "--fault", "loss:p=0.1", "--"]).args(*argv));
+        assert_eq!(status.code(), Some(*want), "{argv:?}: {stderr}");
+    }
+    std::fs::remove_file(&not_executable).expect("remove the script");
+    assert!(run_cgroups().is_empty(), "no cgroup left: {:?}", run_cgroups());
+    assert!(undo_logs().is_empty(), "no undo log left: {:?}", undo_logs());
+}
+
+#[test]
+fn run_duration_removes_faults_and_the_command_runs_on() {
+    if !root_or_skip() {
+        return;
+    }
+    let rx = UdpCounter::start();
+    let json = std::env::temp_dir().join(format!("chaos-run-{}.json", std::process::id()));
+    // 300 datagrams 10 ms apart: 3 s, of which the first second is under total loss.
+    let (status, stdout, stderr) = run(chaos_user()
+        .args(["run", "--fault", "loss:p=1", "--duration", "1s", "--json"])
+        .arg(&json)
+        .args(["--", PROBE, "udp-send", &rx.addr(), "300", "10000"]));
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("\"errors\":0"), "{stdout}");
+    let received = rx.finish();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    std::fs::remove_file(&json).expect("remove the report");
+    println!("received {received} of 300; {report}");
+    assert_eq!(report["end_reason"], "duration");
+    let lost = report["faults"][0]["egress"]["injected"].as_u64().expect("injected");
+    assert!(lost > 50, "the first second lost its datagrams: {lost}");
+    assert_eq!(received as u64 + lost, 300, "after the duration everything arrives");
+    assert_eq!(report["run"]["exit_status"], 0);
+}
+
+#[test]
+fn sigint_detaches_everything() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", "loss:p=1"]);
+    assert!(!our_programs_loaded().is_empty(), "programs are loaded while injecting");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(programs_left_after(Duration::from_secs(2)).is_empty(), "programs left after exit");
+    let rx = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
+    assert_eq!(rx.finish(), 200, "traffic flows after exit");
+}
+
+#[test]
+fn sigkill_of_inject_leaves_nothing_attached() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let mut injector =
+        Injector::start(&["inject", "--cgroup", &target.name, "--fault", "loss:p=1"]);
+    let rx = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 100);
+    assert_eq!(rx.finish(), 0, "loss is on before the kill");
+
+    injector.signal(libc::SIGKILL);
+    let (status, _) = injector.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let rx = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
+    assert_eq!(rx.finish(), 200, "immediately after SIGKILL the cgroup's traffic flows");
+    assert!(programs_left_after(Duration::from_secs(2)).is_empty(), "no program left");
+}
+
+#[test]
+fn frozen_injector_goes_inert_after_its_lease() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", "loss:p=1"]);
+    let rx = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 100);
+    assert_eq!(rx.finish(), 0, "loss is on while the lease is renewed");
+
+    injector.signal(libc::SIGSTOP);
+    // The lease is 5 s; the last renewal was at most 1 s before the stop.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!our_programs_loaded().is_empty(), "the frozen injector still holds its programs");
+    let rx = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
+    assert_eq!(rx.finish(), 200, "an expired rule drops nothing though its links are held");
+
+    injector.signal(libc::SIGCONT);
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+}
+
+#[test]
+fn sigkill_of_run_is_undone_by_recover() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cmd = chaos_user();
+    cmd.args(["run", "--fault", "loss:p=0.1", "--", "sleep", "30"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut runner = Injector::start_cmd(cmd, "injecting into");
+    let cgroups = run_cgroups();
+    assert_eq!(cgroups.len(), 1, "{cgroups:?}");
+    let cgroup = chaos_tests::cgroup2_mount().join(&cgroups[0]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sleeper = loop {
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).expect("procs");
+        if let Some(pid) = procs.split_whitespace().next() {
+            break pid.parse::<i32>().expect("pid");
+        }
+        assert!(Instant::now() < deadline, "the command never appeared in {}", cgroup.display());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    runner.signal(libc::SIGKILL);
+    runner.wait();
+    assert!(cgroup.exists(), "the cgroup outlives a killed run");
+    assert_eq!(undo_logs().len(), 1, "the undo log records it");
+
+    let (status, stdout, _) = run(chaos_user().arg("recover"));
+    assert_eq!(status.code(), Some(3), "the command still runs, so recover must wait: {stdout}");
+    assert!(cgroup.exists());
+    assert!(stdout.contains("kept cgroup"), "{stdout}");
+
+    // SAFETY: kill(2) on the `sleep` that this test's `run` started.
+    assert_eq!(unsafe { libc::kill(sleeper, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default().contains("populated 1") {
+        assert!(Instant::now() < deadline, "sleep did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, stdout, _) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "{stdout}");
+    assert!(stdout.contains("removed cgroup"), "{stdout}");
+    assert!(!cgroup.exists(), "recover removed the cgroup");
+    assert!(undo_logs().is_empty());
+    let (status, stdout, _) = run(chaos_user().arg("recover"));
+    assert!(status.success() && stdout.contains("nothing to recover"), "twice is harmless: {stdout}");
+}
