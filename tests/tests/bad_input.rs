@@ -13,9 +13,16 @@ fn assert_refused(cmd: &mut Command, want_status: i32, want_text: &str) {
     println!("{cmd:?} -> {status}: {stderr}");
     assert_eq!(status.code(), Some(want_status), "{cmd:?}: {stderr}");
     assert_eq!(lines.len(), 1, "one line, not {lines:?}");
-    assert!(lines[0].contains(want_text), "{cmd:?}: want `{want_text}` in `{}`", lines[0]);
+    assert!(
+        lines[0].contains(want_text),
+        "{cmd:?}: want `{want_text}` in `{}`",
+        lines[0]
+    );
     assert!(stdout.is_empty(), "nothing on stdout: {stdout}");
-    assert!(our_programs_loaded().is_empty(), "nothing attached after {cmd:?}");
+    assert!(
+        our_programs_loaded().is_empty(),
+        "nothing attached after {cmd:?}"
+    );
     assert!(run_cgroups().is_empty(), "no cgroup left after {cmd:?}");
     assert!(undo_logs().is_empty(), "no undo log after {cmd:?}");
 }
@@ -31,20 +38,71 @@ fn bad_specs_and_arguments() {
         ("loss:p=0.1,colour=red", "unknown key `colour`"),
         ("loss:p=1.5", "bad value `1.5` for `p`"),
         ("loss:p=-1", "bad value `-1` for `p`"),
-        ("loss:p=0.1,dst=10.0.0.0/40", "bad value `10.0.0.0/40` for `dst`"),
+        (
+            "loss:p=0.1,dst=10.0.0.0/40",
+            "bad value `10.0.0.0/40` for `dst`",
+        ),
         ("loss:p=0.1,dport=99999", "bad value `99999` for `dport`"),
         ("loss", "`loss` needs `p`"),
     ];
     for (spec, want) in specs {
-        assert_refused(chaos_user().args(["inject", "--cgroup", &target.name, "--fault", spec]), 2, want);
-        assert_refused(chaos_user().args(["run", "--fault", spec, "--", "/bin/true"]), 125, want);
+        assert_refused(
+            chaos_user().args(["inject", "--cgroup", &target.name, "--fault", spec]),
+            2,
+            want,
+        );
+        assert_refused(
+            chaos_user().args(["run", "--fault", spec, "--", "/bin/true"]),
+            125,
+            want,
+        );
     }
     let duration = ["--fault", "loss:p=0.1", "--duration", "10"];
-    assert_refused(chaos_user().args(["inject", "--cgroup", &target.name]).args(duration), 2, "--duration");
-    assert_refused(chaos_user().arg("run").args(duration).args(["--", "/bin/true"]), 125, "--duration");
-    assert_refused(chaos_user().args(["inject", "--cgroup", &target.name, "--fault", "loss:p=0.1", "--bogus"]), 2, "--bogus");
-    assert_refused(chaos_user().args(["run", "--fault", "loss:p=0.1", "--bogus", "--", "/bin/true"]), 125, "--bogus");
-    assert_refused(chaos_user().args(["run", "--fault", "loss:p=0.1", "--json", "-", "--", "/bin/true"]), 125, "--json -");
+    assert_refused(
+        chaos_user()
+            .args(["inject", "--cgroup", &target.name])
+            .args(duration),
+        2,
+        "--duration",
+    );
+    assert_refused(
+        chaos_user()
+            .arg("run")
+            .args(duration)
+            .args(["--", "/bin/true"]),
+        125,
+        "--duration",
+    );
+    assert_refused(
+        chaos_user().args([
+            "inject",
+            "--cgroup",
+            &target.name,
+            "--fault",
+            "loss:p=0.1",
+            "--bogus",
+        ]),
+        2,
+        "--bogus",
+    );
+    assert_refused(
+        chaos_user().args(["run", "--fault", "loss:p=0.1", "--bogus", "--", "/bin/true"]),
+        125,
+        "--bogus",
+    );
+    assert_refused(
+        chaos_user().args([
+            "run",
+            "--fault",
+            "loss:p=0.1",
+            "--json",
+            "-",
+            "--",
+            "/bin/true",
+        ]),
+        125,
+        "--json -",
+    );
 }
 
 #[test]
@@ -60,7 +118,11 @@ fn bad_targets() {
     assert_refused(&mut inject("/no/such/cgroup"), 2, "does not exist");
     assert_refused(&mut inject("/tmp"), 2, "not a cgroup2 directory");
     assert_refused(&mut inject("/"), 2, "the root cgroup");
-    assert_refused(&mut inject(&own_cgroup_name()), 2, "chaos-user's own cgroup");
+    assert_refused(
+        &mut inject(&own_cgroup_name()),
+        2,
+        "chaos-user's own cgroup",
+    );
 
     // chaos-user running in a child of the target: the target is its ancestor.
     let parent = TestCgroup::new("parent");
@@ -70,11 +132,22 @@ fn bad_targets() {
     assert_refused(&mut cmd, 2, "an ancestor of chaos-user's own cgroup");
 
     let pid1 = std::fs::read_to_string("/proc/1/cgroup").expect("PID 1's cgroup");
-    let pid1 = pid1.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup2 line");
+    let pid1 = pid1
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup2 line");
     assert_refused(&mut inject(pid1), 2, "refusing to target");
 
     // --force with --dry-run: verified and planned, nothing attached.
-    let (status, stdout, stderr) = run(chaos_user().args(["inject", "--cgroup", "/", "--force", "--dry-run", "--fault", "loss:p=1"]));
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "inject",
+        "--cgroup",
+        "/",
+        "--force",
+        "--dry-run",
+        "--fault",
+        "loss:p=1",
+    ]));
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("nothing attached"), "{stdout}");
     assert!(our_programs_loaded().is_empty());

@@ -19,9 +19,15 @@ fn run_ping_under_total_loss_fails_as_ping_does() {
         return;
     }
     let mut inside = chaos_user();
-    inside.args(["run", "--fault", "loss:p=1", "--", "ping", "-c", "4", "-i", "0.2", "-W", "1"]);
+    inside.args([
+        "run", "--fault", "loss:p=1", "--", "ping", "-c", "4", "-i", "0.2", "-W", "1",
+    ]);
     inside.arg("127.0.0.1");
-    let inside = inside.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start run");
+    let inside = inside
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start run");
     // The same ping outside the cgroup, at the same time.
     std::thread::sleep(Duration::from_millis(200));
     let (outside, out_stdout, _) =
@@ -29,9 +35,16 @@ fn run_ping_under_total_loss_fails_as_ping_does() {
     let inside = inside.wait_with_output().expect("wait for run");
     let stdout = String::from_utf8_lossy(&inside.stdout);
     println!("inside: {stdout}\noutside: {out_stdout}");
-    assert_eq!(inside.status.code(), Some(1), "ping's own status for no reply: {stdout}");
+    assert_eq!(
+        inside.status.code(),
+        Some(1),
+        "ping's own status for no reply: {stdout}"
+    );
     assert!(stdout.contains("100% packet loss"), "{stdout}");
-    assert!(outside.success(), "ping outside the cgroup works: {out_stdout}");
+    assert!(
+        outside.success(),
+        "ping outside the cgroup works: {out_stdout}"
+    );
     assert!(run_cgroups().is_empty(), "run removed its cgroup");
 }
 
@@ -51,13 +64,22 @@ fn run_passes_on_the_command_status() {
         (&[&not_executable], 126),
     ];
     for (argv, want) in cases {
-        let (status, _, stderr) =
-            run(chaos_user().args(["run", "--fault", "loss:p=0.1", "--"]).args(*argv));
+        let (status, _, stderr) = run(chaos_user()
+            .args(["run", "--fault", "loss:p=0.1", "--"])
+            .args(*argv));
         assert_eq!(status.code(), Some(*want), "{argv:?}: {stderr}");
     }
     std::fs::remove_file(&not_executable).expect("remove the script");
-    assert!(run_cgroups().is_empty(), "no cgroup left: {:?}", run_cgroups());
-    assert!(undo_logs().is_empty(), "no undo log left: {:?}", undo_logs());
+    assert!(
+        run_cgroups().is_empty(),
+        "no cgroup left: {:?}",
+        run_cgroups()
+    );
+    assert!(
+        undo_logs().is_empty(),
+        "no undo log left: {:?}",
+        undo_logs()
+    );
 }
 
 #[test]
@@ -80,9 +102,15 @@ fn run_duration_removes_faults_and_the_command_runs_on() {
     std::fs::remove_file(&json).expect("remove the report");
     println!("received {received} of 300; {report}");
     assert_eq!(report["end_reason"], "duration");
-    let lost = report["faults"][0]["egress"]["injected"].as_u64().expect("injected");
+    let lost = report["faults"][0]["egress"]["injected"]
+        .as_u64()
+        .expect("injected");
     assert!(lost > 50, "the first second lost its datagrams: {lost}");
-    assert_eq!(received as u64 + lost, 300, "after the duration everything arrives");
+    assert_eq!(
+        received as u64 + lost,
+        300,
+        "after the duration everything arrives"
+    );
     assert_eq!(report["run"]["exit_status"], 0);
 }
 
@@ -93,10 +121,16 @@ fn sigint_detaches_everything() {
     }
     let target = TestCgroup::new("target");
     let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", "loss:p=1"]);
-    assert!(!our_programs_loaded().is_empty(), "programs are loaded while injecting");
+    assert!(
+        !our_programs_loaded().is_empty(),
+        "programs are loaded while injecting"
+    );
     let (status, lines) = injector.interrupt();
     assert!(status.success(), "{lines:?}");
-    assert!(programs_left_after(Duration::from_secs(2)).is_empty(), "programs left after exit");
+    assert!(
+        programs_left_after(Duration::from_secs(2)).is_empty(),
+        "programs left after exit"
+    );
     let rx = UdpCounter::start();
     udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
     assert_eq!(rx.finish(), 200, "traffic flows after exit");
@@ -119,8 +153,15 @@ fn sigkill_of_inject_leaves_nothing_attached() {
     assert_eq!(status.code(), None, "killed by a signal");
     let rx = UdpCounter::start();
     udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
-    assert_eq!(rx.finish(), 200, "immediately after SIGKILL the cgroup's traffic flows");
-    assert!(programs_left_after(Duration::from_secs(2)).is_empty(), "no program left");
+    assert_eq!(
+        rx.finish(),
+        200,
+        "immediately after SIGKILL the cgroup's traffic flows"
+    );
+    assert!(
+        programs_left_after(Duration::from_secs(2)).is_empty(),
+        "no program left"
+    );
 }
 
 #[test]
@@ -137,10 +178,17 @@ fn frozen_injector_goes_inert_after_its_lease() {
     injector.signal(libc::SIGSTOP);
     // The lease is 5 s; the last renewal was at most 1 s before the stop.
     std::thread::sleep(Duration::from_secs(6));
-    assert!(!our_programs_loaded().is_empty(), "the frozen injector still holds its programs");
+    assert!(
+        !our_programs_loaded().is_empty(),
+        "the frozen injector still holds its programs"
+    );
     let rx = UdpCounter::start();
     udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
-    assert_eq!(rx.finish(), 200, "an expired rule drops nothing though its links are held");
+    assert_eq!(
+        rx.finish(),
+        200,
+        "an expired rule drops nothing though its links are held"
+    );
 
     injector.signal(libc::SIGCONT);
     let (status, lines) = injector.interrupt();
@@ -165,7 +213,11 @@ fn sigkill_of_run_is_undone_by_recover() {
         if let Some(pid) = procs.split_whitespace().next() {
             break pid.parse::<i32>().expect("pid");
         }
-        assert!(Instant::now() < deadline, "the command never appeared in {}", cgroup.display());
+        assert!(
+            Instant::now() < deadline,
+            "the command never appeared in {}",
+            cgroup.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
 
@@ -175,14 +227,21 @@ fn sigkill_of_run_is_undone_by_recover() {
     assert_eq!(undo_logs().len(), 1, "the undo log records it");
 
     let (status, stdout, _) = run(chaos_user().arg("recover"));
-    assert_eq!(status.code(), Some(3), "the command still runs, so recover must wait: {stdout}");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the command still runs, so recover must wait: {stdout}"
+    );
     assert!(cgroup.exists());
     assert!(stdout.contains("kept cgroup"), "{stdout}");
 
     // SAFETY: kill(2) on the `sleep` that this test's `run` started.
     assert_eq!(unsafe { libc::kill(sleeper, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default().contains("populated 1") {
+    while std::fs::read_to_string(cgroup.join("cgroup.events"))
+        .unwrap_or_default()
+        .contains("populated 1")
+    {
         assert!(Instant::now() < deadline, "sleep did not die");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -192,5 +251,8 @@ fn sigkill_of_run_is_undone_by_recover() {
     assert!(!cgroup.exists(), "recover removed the cgroup");
     assert!(undo_logs().is_empty());
     let (status, stdout, _) = run(chaos_user().arg("recover"));
-    assert!(status.success() && stdout.contains("nothing to recover"), "twice is harmless: {stdout}");
+    assert!(
+        status.success() && stdout.contains("nothing to recover"),
+        "twice is harmless: {stdout}"
+    );
 }
