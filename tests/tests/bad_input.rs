@@ -1,4 +1,5 @@
 //! Bad input: one clear line, exit status 2 (125 under `run`), nothing attached or created.
+#![allow(clippy::print_stdout, reason = "tests print their measurements")]
 
 use std::{os::unix::process::CommandExt, process::Command};
 

@@ -1,4 +1,5 @@
 //! `loss`: its kernel effect on real UDP and TCP traffic of processes in a real cgroup.
+#![allow(clippy::print_stdout, reason = "tests print their measurements")]
 
 use std::{
     io::Read,

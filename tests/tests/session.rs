@@ -1,4 +1,5 @@
 //! Sessions: `run` and its exit statuses, clean exits, SIGKILL, frozen injectors, `recover`.
+#![allow(clippy::print_stdout, reason = "tests print their measurements")]
 
 use std::{
     path::Path,
