@@ -439,8 +439,9 @@ mod tests {
 
     #[test]
     fn loss_every_key() {
-        let l =
-            loss("loss:p=1,dir=egress,proto=udp,src=10.1.2.3/8,dst=::1,sport=1000-2000,dport=53");
+        let l = loss(
+            "loss:p=1,dir=egress,proto=udp,src=10.1.2.3/8,dst=10.9.9.9,sport=1000-2000,dport=53",
+        );
         assert_eq!(l.dir, Direction::Egress);
         assert_eq!(l.filter.proto, Proto::Udp);
         assert_eq!(l.filter.src.unwrap().to_string(), "10.0.0.0/8");

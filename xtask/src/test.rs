@@ -113,7 +113,13 @@ struct UnitTally {
 
 fn unit_tests() -> Result<UnitTally> {
     let mut child = cargo()
-        .args(["test", "--workspace", "--exclude", "chaos-tests"])
+        .args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--exclude",
+            "chaos-tests",
+        ])
         .stdout(Stdio::piped())
         .spawn()?;
     let mut tally = UnitTally::default();
