@@ -12,6 +12,9 @@ use crate::error::{Class, Classify};
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
+/// How `chaos-user run` names the cgroups it creates below the cgroup2 root, before its PID.
+pub const RUN_CGROUP_PREFIX: &str = "chaos-user-run-";
+
 /// Why a cgroup could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {

@@ -27,8 +27,6 @@ use std::{
 
 /// What a skipping test prints before its reason.
 pub const SKIP_MARKER: &str = "chaos-test: SKIP ";
-/// The programs chaos-user loads, as the kernel names them.
-pub const OUR_PROGRAMS: &[&str] = &["loss_egress", "loss_ingress"];
 
 /// Prints the skip marker with a reason.
 pub fn skip(reason: &str) {
@@ -66,14 +64,7 @@ pub fn runtime_dir() -> PathBuf {
 
 /// The cgroup2 mount point.
 pub fn cgroup2_mount() -> PathBuf {
-    let text = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    text.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .expect("a cgroup2 mount")
+    chaos_user::cgroup::mount_point().expect("a cgroup2 mount")
 }
 
 /// The path of this process's cgroup below the mount, such as `/chaos-test-1-2`.
@@ -356,7 +347,11 @@ pub fn our_programs_loaded() -> Vec<String> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|n| OUR_PROGRAMS.contains(&n.as_str()))
+        .filter(|n| {
+            chaos_user::loader::PROGRAMS
+                .iter()
+                .any(|(ours, _)| ours == n)
+        })
         .collect()
 }
 
@@ -396,7 +391,7 @@ pub fn run_cgroups() -> Vec<String> {
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("chaos-user-run-"))
+                .filter(|n| n.starts_with(chaos_user::cgroup::RUN_CGROUP_PREFIX))
                 .collect()
         })
         .unwrap_or_default()

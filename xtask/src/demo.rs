@@ -2,15 +2,13 @@
 //! outside it, at the same time, loses none.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    io::Read,
+    net::{Ipv4Addr, TcpListener, TcpStream},
     process::{Command, Stdio},
-    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::{setup, util};
 
@@ -18,15 +16,8 @@ const FAULTS: &[&str] = &["loss:p=0.2,proto=icmp", "loss:p=0.05,proto=tcp"];
 const PINGS: &str = "50";
 const TCP_BYTES: usize = 16 << 20;
 
-#[derive(Debug, clap::Args)]
-pub struct WorkloadArgs {
-    /// Port of the demo's TCP sink on 127.0.0.1.
-    #[arg(long)]
-    tcp_port: u16,
-}
-
 /// What the workload saw, in its own words.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Seen {
     ping: String,
     tcp_retransmits: u32,
@@ -63,7 +54,11 @@ pub fn demo_as_root(chaos_user: &std::path::Path) -> Result<i32> {
             std::thread::spawn(move || drain(stream));
         }
     });
-    let me = std::env::current_exe()?;
+    let probe = build_probe()?;
+    let workload = |cmd: &mut Command| {
+        cmd.args(["demo", &format!("127.0.0.1:{port}"), PINGS]);
+        cmd.arg(TCP_BYTES.to_string());
+    };
     let report = std::env::temp_dir().join(format!("chaos-demo-{}.json", std::process::id()));
 
     println!("chaos-user demo: one workload inside a fresh cgroup with faults, the same workload");
@@ -77,20 +72,23 @@ pub fn demo_as_root(chaos_user: &std::path::Path) -> Result<i32> {
     for f in FAULTS {
         inside.args(["--fault", f]);
     }
-    inside.arg("--json").arg(&report).arg("--").arg(&me);
-    inside.args(["demo-workload", "--tcp-port", &port.to_string()]);
+    inside.arg("--json").arg(&report).arg("--").arg(&probe);
+    workload(&mut inside);
     let inside = inside
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let outside = Command::new(&me)
-        .args(["demo-workload", "--tcp-port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut outside = Command::new(&probe);
+    workload(&mut outside);
+    let outside = outside.stdout(Stdio::piped()).spawn()?;
 
     let inside = inside.wait_with_output()?;
     let outside = outside.wait_with_output()?;
-    let injector = String::from_utf8_lossy(&inside.stderr).into_owned();
+    let injector: String = String::from_utf8_lossy(&inside.stderr)
+        .lines()
+        .filter(|l| !l.contains("injecting into"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     if !inside.status.success() {
         bail!("chaos-user run failed ({}):\n{injector}", inside.status);
     }
@@ -116,64 +114,20 @@ pub fn demo_as_root(chaos_user: &std::path::Path) -> Result<i32> {
     Ok(0)
 }
 
+/// The workload: `chaos-probe demo` from the tests crate.
+fn build_probe() -> Result<std::path::PathBuf> {
+    util::run(util::cargo().args([
+        "build",
+        "--quiet",
+        "--package",
+        "chaos-tests",
+        "--bin",
+        "chaos-probe",
+    ]))?;
+    Ok(util::root().join("target/debug/chaos-probe"))
+}
+
 fn drain(mut stream: TcpStream) {
     let mut buf = vec![0u8; 1 << 16];
     while stream.read(&mut buf).is_ok_and(|n| n > 0) {}
-}
-
-/// The hidden `demo-workload` task: ping, then a TCP transfer; prints what it saw as JSON.
-pub fn workload(args: WorkloadArgs) -> Result<i32> {
-    let ping = Command::new("ping")
-        .args(["-c", PINGS, "-i", "0.02", "-W", "1", "-q", "127.0.0.1"])
-        .output()?;
-    let ping = String::from_utf8_lossy(&ping.stdout)
-        .lines()
-        .find(|l| l.contains("packet loss"))
-        .map(|l| {
-            l.split(", ")
-                .filter(|p| p.contains("received") || p.contains("loss"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_else(|| "ping printed no summary".into());
-
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, args.tcp_port)))?;
-    let chunk = vec![0x5au8; 1 << 16];
-    let mut sent = 0;
-    while sent < TCP_BYTES {
-        stream.write_all(&chunk)?;
-        sent += chunk.len();
-    }
-    stream.flush()?;
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest)?;
-    let seen = Seen {
-        ping,
-        tcp_retransmits: total_retransmits(&stream)?,
-        tcp_seconds: started.elapsed().as_secs_f64(),
-    };
-    println!("{}", serde_json::to_string(&seen)?);
-    Ok(0)
-}
-
-/// `tcpi_total_retrans` of TCP_INFO: segments the kernel sent again.
-fn total_retransmits(stream: &TcpStream) -> Result<u32> {
-    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("getsockopt TCP_INFO");
-        }
-        Ok(info.tcpi_total_retrans)
-    }
 }

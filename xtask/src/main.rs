@@ -48,9 +48,6 @@ enum Task {
     /// Runs privileged test binaries as root, each test in its own cgroup (used by `test`).
     #[command(hide = true)]
     Privileged(privileged::Args),
-    /// The demo's workload (runs inside the demo's cgroup).
-    #[command(hide = true)]
-    DemoWorkload(demo::WorkloadArgs),
     /// The demo, once built and as root (used by `demo` through sudo).
     #[command(hide = true)]
     DemoAsRoot,
@@ -66,7 +63,6 @@ fn main() {
         Task::Test { long, filter } => test::run(long, filter),
         Task::Demo => demo::run(),
         Task::Privileged(args) => privileged::run(args),
-        Task::DemoWorkload(args) => demo::workload(args),
         Task::DemoAsRoot => demo::demo_as_root(&util::root().join("target/debug/chaos-user")),
     };
     match result {

@@ -53,7 +53,11 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
     loader::check_ready()?;
 
     let mut undo = UndoLog::new()?;
-    let path = mount.join(format!("chaos-user-run-{}", std::process::id()));
+    let path = mount.join(format!(
+        "{}{}",
+        cgroup::RUN_CGROUP_PREFIX,
+        std::process::id()
+    ));
     let entry = Entry::Cgroup { path: path.clone() };
     undo.push(entry.clone())?;
     cgroup::create(&path)?;

@@ -3,6 +3,8 @@
 //! - `udp-send ADDR COUNT INTERVAL_US`: numbered datagrams; counts sendto errors.
 //! - `udp-recv SECONDS`: binds 127.0.0.1:0, prints `{"port":P}`, counts datagrams for SECONDS.
 //! - `tcp-send ADDR BYTES`: one connection; prints the bytes sent and TCP's retransmissions.
+//! - `demo TCP_ADDR PINGS BYTES`: the demo's workload: ping 127.0.0.1, then `tcp-send`; prints
+//!   ping's own summary next to TCP's retransmissions.
 #![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
 
 use std::{
@@ -22,14 +24,20 @@ fn main() {
             arg(3).parse().unwrap_or_else(|_| usage()),
         ),
         "udp-recv" => udp_recv(arg(1).parse().unwrap_or_else(|_| usage())),
-        "tcp-send" => tcp_send(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        "tcp-send" => {
+            let (sent, retransmits, _) =
+                tcp_send(arg(1), arg(2).parse().unwrap_or_else(|_| usage()));
+            println!("{{\"bytes\":{sent},\"retransmits\":{retransmits}}}");
+        }
+        "demo" => demo(arg(1), arg(2), arg(3).parse().unwrap_or_else(|_| usage())),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS | tcp-send ADDR BYTES"
+        "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS | tcp-send ADDR BYTES \
+         | demo TCP_ADDR PINGS BYTES"
     );
     std::process::exit(2);
 }
@@ -78,7 +86,10 @@ fn udp_recv(seconds: u64) {
     println!("{{\"received\":{received}}}");
 }
 
-fn tcp_send(to: &str, bytes: usize) {
+/// Sends `bytes` over one connection; returns the bytes sent, `tcpi_total_retrans` (segments
+/// the kernel sent again) and the seconds it took.
+fn tcp_send(to: &str, bytes: usize) -> (usize, u32, f64) {
+    let started = Instant::now();
     let mut stream = TcpStream::connect(to).expect("connect");
     let chunk = vec![0xa5u8; 1 << 16];
     let mut sent = 0;
@@ -108,5 +119,28 @@ fn tcp_send(to: &str, bytes: usize) {
         assert_eq!(rc, 0, "getsockopt TCP_INFO");
         info.tcpi_total_retrans
     };
-    println!("{{\"bytes\":{sent},\"retransmits\":{retransmits}}}");
+    (sent, retransmits, started.elapsed().as_secs_f64())
+}
+
+fn demo(tcp_to: &str, pings: &str, bytes: usize) {
+    let ping = std::process::Command::new("ping")
+        .args(["-c", pings, "-i", "0.02", "-W", "1", "-q", "127.0.0.1"])
+        .output()
+        .expect("run ping");
+    let stdout = String::from_utf8_lossy(&ping.stdout);
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains("packet loss"))
+        .map(|l| {
+            let parts: Vec<&str> = l
+                .split(", ")
+                .filter(|p| p.contains("received") || p.contains("loss"))
+                .collect();
+            parts.join(", ")
+        })
+        .unwrap_or_else(|| "ping printed no summary".into());
+    let (_, retransmits, seconds) = tcp_send(tcp_to, bytes);
+    println!(
+        "{{\"ping\":{summary:?},\"tcp_retransmits\":{retransmits},\"tcp_seconds\":{seconds:.3}}}"
+    );
 }
