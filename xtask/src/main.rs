@@ -9,6 +9,7 @@ mod privileged;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,8 @@ enum Task {
     /// Set up, build, and show loss on a real workload in a fresh cgroup next to the same
     /// workload outside it.
     Demo,
+    /// Run a command as root in a guest booting Debian's packaged kernel (the VM lane).
+    Vm(vm::Args),
     /// Runs privileged test binaries as root, each test in its own cgroup (used by `test`).
     #[command(hide = true)]
     Privileged(privileged::Args),
@@ -63,6 +66,7 @@ fn main() {
         Task::Test { long, filter } => test::run(long, filter),
         Task::Demo => demo::run(),
         Task::Privileged(args) => privileged::run(args),
+        Task::Vm(args) => vm::run(args),
         Task::DemoAsRoot => demo::demo_as_root(&util::root().join("target/debug/chaos-user")),
     };
     match result {

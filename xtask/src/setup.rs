@@ -109,7 +109,10 @@ fn apt(args: &[&str]) -> Command {
         c.arg("apt-get");
         c
     };
-    cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+    // Wait for another apt to finish rather than fail at once.
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["-o", "DPkg::Lock::Timeout=300"])
+        .args(args);
     cmd
 }
 
@@ -156,7 +159,16 @@ fn ensure_apt_toolchain() -> Result<()> {
 }
 
 fn ensure_apt_tools() -> Result<()> {
-    let missing: Vec<&str> = APT_TOOLS
+    if has_apt() {
+        ensure_apt_packages(APT_TOOLS)
+    } else {
+        Ok(())
+    }
+}
+
+/// Installs the packages that are not installed yet (`apt-get update` first when needed).
+pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -164,8 +176,14 @@ fn ensure_apt_tools() -> Result<()> {
                 .is_some_and(|s| s.starts_with("install ok installed"))
         })
         .collect();
-    if missing.is_empty() || !has_apt() {
+    if missing.is_empty() {
         return Ok(());
+    }
+    if !has_apt() {
+        bail!(
+            "missing packages {} and no apt-get to install them",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
