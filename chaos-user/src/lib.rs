@@ -10,4 +10,5 @@ pub mod loader;
 pub mod report;
 pub mod session;
 pub mod spec;
+pub mod tc;
 pub mod undo;

@@ -3,23 +3,23 @@
 
 use std::{fs, os::fd::AsFd as _};
 
+use anyhow::Context as _;
+
 use aya::{
     Ebpf, EbpfError,
     maps::{Array, MapError, PerCpuArray},
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, LinkOrder, ProgramError, SchedClassifier,
-        TcAttachType, tc::TcAttachOptions,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SchedClassifier},
     util::KernelVersion,
 };
 use chaos_common::{
     COUNTER_EGRESS, COUNTER_INGRESS, LossRule, MAX_LOSS_RULES, RuleCounters, Target,
-    VERDICT_REDIRECT_NOWHERE,
 };
 
 use crate::{
     cgroup::Cgroup,
     error::{Class, Classify},
+    tc::{self, Mode},
+    undo::UndoLog,
 };
 
 /// The kernel programs, built by build.rs from `chaos-ebpf`. Empty when the eBPF toolchain was
@@ -70,9 +70,6 @@ pub enum LoadError {
         #[source]
         source: MapError,
     },
-    /// tcx links are needed for silent egress loss.
-    #[error("egress loss needs tcx links (kernel 6.6 or later); this kernel is {0}")]
-    NoTcx(String),
     /// More rules of one kind than the programs walk.
     #[error("at most {MAX_LOSS_RULES} loss rules per target; {0} were given")]
     TooManyRules(usize),
@@ -92,7 +89,6 @@ impl Classify for LoadError {
                 "run `cargo xtask setup` to install the eBPF toolchain, then build again".into(),
             ),
             LoadError::NotPrivileged => Some("run it with sudo".into()),
-            LoadError::NoTcx(_) => Some("dir=ingress works on this kernel".into()),
             LoadError::Refused { .. } => {
                 Some("`chaos-user doctor` shows which programs this kernel loads".into())
             }
@@ -126,6 +122,7 @@ pub fn has_tcx() -> bool {
 /// The kernel programs of one session, loaded; attachments live as long as this value.
 pub struct Programs {
     ebpf: Ebpf,
+    mode: Mode,
     egress_interfaces: Vec<String>,
     ingress_attached: bool,
 }
@@ -134,12 +131,6 @@ impl Programs {
     /// Parses the object and loads (verifies) the named programs without attaching anything.
     pub fn load(egress: bool, ingress: bool) -> Result<Programs, LoadError> {
         check_ready()?;
-        if egress && !has_tcx() {
-            let version = KernelVersion::current()
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            return Err(LoadError::NoTcx(version));
-        }
         let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
         if egress {
             let prog: &mut SchedClassifier = program(&mut ebpf, "loss_egress")?;
@@ -157,6 +148,7 @@ impl Programs {
         }
         Ok(Programs {
             ebpf,
+            mode: Mode::detect(),
             egress_interfaces: Vec::new(),
             ingress_attached: false,
         })
@@ -171,7 +163,7 @@ impl Programs {
         let record = Target {
             cgroup_id: target.id,
             level: target.level,
-            egress_verdict: VERDICT_REDIRECT_NOWHERE,
+            egress_verdict: self.mode.verdict(),
             loss_rules: rules.len() as u32,
             _pad: 0,
         };
@@ -217,23 +209,24 @@ impl Programs {
     }
 
     /// Attaches the egress program to every interface not yet attached; returns the new ones.
-    pub fn attach_egress_everywhere(&mut self) -> Result<Vec<String>, LoadError> {
+    /// Without tcx, the qdiscs and filters go into `undo` before they are made.
+    pub fn attach_egress_everywhere(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
         let mut added = Vec::new();
         for name in interfaces() {
             if self.egress_interfaces.contains(&name) {
                 continue;
             }
             let prog: &mut SchedClassifier = program(&mut self.ebpf, "loss_egress")?;
-            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-            match prog.attach_with_options(&name, TcAttachType::Egress, options) {
-                Ok(_) => {}
+            match tc::attach(prog, &name, self.mode, undo) {
+                Ok(()) => {}
                 // The interface went away between listing and attaching.
                 Err(_) if !interfaces().contains(&name) => continue,
-                Err(source) => {
-                    return Err(LoadError::Attach {
-                        program: "loss_egress",
-                        to: format!("tcx egress of {name}"),
-                        source,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "attach `loss_egress` to {} egress of {name}",
+                            self.mode.name()
+                        )
                     });
                 }
             }
@@ -267,7 +260,7 @@ impl Programs {
         let mut out: Vec<String> = self
             .egress_interfaces
             .iter()
-            .map(|i| format!("tcx egress {i}"))
+            .map(|i| format!("{} egress {i}", self.mode.name()))
             .collect();
         if self.ingress_attached {
             out.push("cgroup_skb ingress".to_string());

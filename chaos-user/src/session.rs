@@ -14,6 +14,7 @@ use crate::{
     loader::{LoadError, Programs},
     report::{Counters, FaultReport},
     spec::{FaultSpec, Ports, Proto},
+    undo::{Entry, UndoLog},
 };
 
 /// Without `--duration`, how long a rule stays live unless the session renews it.
@@ -71,7 +72,8 @@ impl Session {
         target: Cgroup,
         faults: Vec<FaultSpec>,
         deadline: Deadline,
-    ) -> Result<Session, LoadError> {
+        undo: &mut UndoLog,
+    ) -> anyhow::Result<Session> {
         let plan = Plan::new(&faults);
         let programs = plan.load()?;
         let mut session = Session {
@@ -89,14 +91,31 @@ impl Session {
         session
             .programs
             .configure(&session.target, &session.rules)?;
-        if plan.egress {
-            session.programs.attach_egress_everywhere()?;
-        }
-        if plan.ingress {
-            session.programs.attach_ingress(&session.target)?;
+        let attached = session.attach(plan.egress, plan.ingress, undo);
+        if let Err(e) = attached {
+            session.detach(undo)?;
+            return Err(e);
         }
         session.started = SystemTime::now();
         Ok(session)
+    }
+
+    fn attach(&mut self, egress: bool, ingress: bool, undo: &mut UndoLog) -> anyhow::Result<()> {
+        if egress {
+            self.programs.attach_egress_everywhere(undo)?;
+        }
+        if ingress {
+            self.programs.attach_ingress(&self.target)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the programs (which detaches every link and netlink filter they hold), then
+    /// undoes what the kernel does not undo by itself.
+    fn detach(self, undo: &mut UndoLog) -> anyhow::Result<()> {
+        drop(self.programs);
+        undo.undo_where(|e| matches!(e, Entry::TcFilter { .. } | Entry::ClsactQdisc { .. }))?;
+        Ok(())
     }
 
     fn set_deadlines(&mut self, from_now: Duration) {
@@ -107,13 +126,13 @@ impl Session {
     }
 
     /// Renews the lease and attaches to interfaces that appeared since the last tick.
-    pub fn tick(&mut self) -> Result<Vec<String>, LoadError> {
+    pub fn tick(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
         if let Deadline::Lease = self.deadline {
             self.set_deadlines(LEASE);
             self.programs.write_rules(&self.rules)?;
         }
         if self.rules.iter().any(|r| r.dirs & DIR_EGRESS != 0) {
-            return self.programs.attach_egress_everywhere();
+            return self.programs.attach_egress_everywhere(undo);
         }
         Ok(Vec::new())
     }
@@ -134,7 +153,7 @@ impl Session {
     }
 
     /// Reads the counters, then detaches everything.
-    pub fn stop(self) -> Result<Vec<FaultReport>, LoadError> {
+    pub fn stop(self, undo: &mut UndoLog) -> anyhow::Result<Vec<FaultReport>> {
         let mut out = Vec::with_capacity(self.faults.len());
         for (i, fault) in self.faults.iter().enumerate() {
             let (egress, ingress) = self.programs.counters(i as u32)?;
@@ -146,7 +165,7 @@ impl Session {
                 ingress: Counters::from(ingress),
             });
         }
-        drop(self.programs);
+        self.detach(undo)?;
         Ok(out)
     }
 }

@@ -26,12 +26,31 @@ pub fn runtime_dir() -> PathBuf {
 pub enum Entry {
     /// A transient cgroup that `run` created; removed once its processes are gone.
     Cgroup { path: PathBuf },
+    /// An egress tc filter attached over netlink (kernels without tcx).
+    TcFilter {
+        interface: String,
+        priority: u16,
+        handle: u32,
+    },
+    /// A clsact qdisc that the session added to an interface (kernels without tcx).
+    ClsactQdisc { interface: String },
 }
 
 impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
+            Entry::TcFilter {
+                interface,
+                priority,
+                handle,
+            } => {
+                write!(
+                    f,
+                    "tc filter on {interface} egress (priority {priority}, handle {handle})"
+                )
+            }
+            Entry::ClsactQdisc { interface } => write!(f, "clsact qdisc on {interface}"),
         }
     }
 }
@@ -67,6 +86,12 @@ pub fn undo(entry: &Entry) -> Result<Outcome> {
             crate::cgroup::remove(path)?;
             Ok(Outcome::Undone)
         }
+        Entry::TcFilter {
+            interface,
+            priority,
+            handle,
+        } => crate::tc::undo_filter(interface, *priority, *handle),
+        Entry::ClsactQdisc { interface } => crate::tc::undo_qdisc(interface),
     }
 }
 
@@ -117,6 +142,31 @@ impl UndoLog {
             self.write()?;
         }
         Ok(outcome)
+    }
+
+    /// Forgets an entry whose action turned out not to be done (or not to be ours).
+    pub fn forget(&mut self, entry: &Entry) -> Result<()> {
+        self.record.entries.retain(|e| e != entry);
+        self.write()
+    }
+
+    /// Undoes the entries `which` selects, newest first; returns those that must wait, with
+    /// the reason.
+    pub fn undo_where(&mut self, which: impl Fn(&Entry) -> bool) -> Result<Vec<(Entry, String)>> {
+        let mut pending = Vec::new();
+        let selected: Vec<Entry> = self
+            .record
+            .entries
+            .iter()
+            .filter(|e| which(e))
+            .cloned()
+            .collect();
+        for entry in selected.into_iter().rev() {
+            if let Outcome::Pending(why) = self.undo(&entry)? {
+                pending.push((entry, why));
+            }
+        }
+        Ok(pending)
     }
 
     /// The entries not yet undone.

@@ -152,17 +152,55 @@ fn sigkill_of_inject_leaves_nothing_attached() {
     injector.signal(libc::SIGKILL);
     let (status, _) = injector.wait();
     assert_eq!(status.code(), None, "killed by a signal");
+    if chaos_user::loader::has_tcx() {
+        let rx = UdpCounter::start();
+        udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
+        assert_eq!(
+            rx.finish(),
+            200,
+            "immediately after SIGKILL the cgroup's traffic flows"
+        );
+        assert!(
+            programs_left_after(Duration::from_secs(2)).is_empty(),
+            "no program left"
+        );
+        assert!(undo_logs().is_empty(), "tcx links leave nothing to undo");
+        return;
+    }
+
+    // Without tcx the clsact filter outlives the process: the rule's lease ends the loss, and
+    // the undo log lets `recover` remove the filter and the qdisc.
+    assert_eq!(
+        undo_logs().len(),
+        1,
+        "the filter and qdisc are in the undo log"
+    );
+    std::thread::sleep(chaos_user::session::LEASE + Duration::from_secs(1));
     let rx = UdpCounter::start();
     udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 200);
     assert_eq!(
         rx.finish(),
         200,
-        "immediately after SIGKILL the cgroup's traffic flows"
+        "after the lease the left-over filter drops nothing"
     );
+    let (status, stdout, _) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains("removed tc filter") && stdout.contains("removed clsact qdisc"),
+        "{stdout}"
+    );
+    assert!(!has_clsact("lo"), "recover removed the qdisc");
     assert!(
         programs_left_after(Duration::from_secs(2)).is_empty(),
         "no program left"
     );
+    assert!(undo_logs().is_empty());
+}
+
+/// Whether `interface` has a clsact qdisc.
+fn has_clsact(interface: &str) -> bool {
+    let (_, stdout, _) = run(Command::new("tc").args(["qdisc", "show", "dev", interface]));
+    stdout.contains("qdisc clsact")
 }
 
 #[test]

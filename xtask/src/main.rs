@@ -39,9 +39,15 @@ enum Task {
         /// Also run the long forms of the tests.
         #[arg(long)]
         long: bool,
-        /// Run only privileged tests whose name contains this text.
-        #[arg(long, value_name = "TEXT")]
-        filter: Option<String>,
+        /// Run only privileged tests whose name contains this text (repeatable).
+        #[arg(long = "filter", value_name = "TEXT")]
+        filters: Vec<String>,
+        /// Skip the guest kernel (the VM lane).
+        #[arg(long, conflicts_with = "guest_only")]
+        no_guest: bool,
+        /// Run the privileged tests only in the guest kernel.
+        #[arg(long)]
+        guest_only: bool,
     },
     /// Set up, build, and show loss on a real workload in a fresh cgroup next to the same
     /// workload outside it.
@@ -63,7 +69,17 @@ fn main() {
         Task::Build { release } => setup::run()
             .and_then(|_| util::build_chaos_user(release))
             .map(|_| 0),
-        Task::Test { long, filter } => test::run(long, filter),
+        Task::Test {
+            long,
+            filters,
+            no_guest,
+            guest_only,
+        } => test::run(test::Options {
+            long,
+            filters,
+            host: !guest_only,
+            guest: !no_guest,
+        }),
         Task::Demo => demo::run(),
         Task::Privileged(args) => privileged::run(args),
         Task::Vm(args) => vm::run(args),

@@ -33,8 +33,9 @@ pub struct Args {
     /// The chaos-user binary under test.
     #[arg(long)]
     pub chaos_user: PathBuf,
-    #[arg(long)]
-    pub filter: Option<String>,
+    /// Run only tests whose name contains one of these (all when none is given).
+    #[arg(long = "filter")]
+    pub filters: Vec<String>,
     #[arg(long)]
     pub long: bool,
     /// Write the tally as JSON here.
@@ -51,7 +52,7 @@ impl Args {
         }
         out.push("--chaos-user".into());
         out.push(self.chaos_user.display().to_string());
-        if let Some(f) = &self.filter {
+        for f in &self.filters {
             out.push("--filter".into());
             out.push(f.clone());
         }
@@ -64,6 +65,8 @@ impl Args {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Tally {
+    /// Every test that ran and did not skip.
+    pub ran: Vec<String>,
     pub passed: usize,
     pub failed: usize,
     pub skipped: Vec<(String, String)>,
@@ -85,14 +88,13 @@ pub fn run_all(args: &Args) -> Result<Tally> {
     let mut index = 0;
     for bin in &args.bins {
         for name in list_tests(bin)? {
-            if args.filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            if !args.filters.is_empty() && !args.filters.iter().any(|f| name.contains(f.as_str())) {
                 continue;
             }
             index += 1;
-            let label = format!(
-                "{}::{name}",
-                bin.file_name().unwrap_or_default().to_string_lossy()
-            );
+            // Test binaries are named `FILE-HASH`: keep the file's name.
+            let file = bin.file_name().unwrap_or_default().to_string_lossy();
+            let label = format!("{}::{name}", file.split('-').next().unwrap_or_default());
             eprintln!("\n=== {label}");
             let outcome = run_one(args, &mount, bin, &name, index)
                 .unwrap_or_else(|e| Outcome::Failed(format!("the runner failed: {e:#}")));
@@ -100,6 +102,7 @@ pub fn run_all(args: &Args) -> Result<Tally> {
                 Outcome::Passed => {
                     eprintln!("=== {label}: ok");
                     tally.passed += 1;
+                    tally.ran.push(label);
                 }
                 Outcome::Skipped(reason) => {
                     eprintln!("=== {label}: SKIPPED ({reason})");
@@ -109,6 +112,7 @@ pub fn run_all(args: &Args) -> Result<Tally> {
                     eprintln!("=== {label}: FAILED ({why})");
                     tally.failed += 1;
                     tally.failures.push(format!("{label}: {why}"));
+                    tally.ran.push(label);
                 }
             }
         }

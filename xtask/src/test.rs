@@ -4,6 +4,7 @@ use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -12,12 +13,39 @@ use crate::{
     privileged::{self, Tally},
     setup,
     util::{self, cargo, is_root},
+    vm::{CgroupLayout, Guest},
 };
 
-pub fn run(long: bool, filter: Option<String>) -> Result<i32> {
+/// Tests that also run in the guest (kernel 6.1: no tcx, so egress goes through clsact; a plain
+/// cgroup2 mount with controllers), one boot for the whole batch.
+const GUEST_TESTS: &[&str] = &[
+    "udp_loss_rate_is_binomial_and_silent",
+    "total_loss_inside_and_none_outside",
+    "descendant_cgroups_are_targeted",
+    "ingress_loss_drops_what_arrives",
+    "tcp_retransmits_under_egress_loss",
+    "run_ping_under_total_loss_fails_as_ping_does",
+    "sigint_detaches_everything",
+    "sigkill_of_inject_leaves_nothing_attached",
+    "frozen_injector_goes_inert_after_its_lease",
+    "sigkill_of_run_is_undone_by_recover",
+    "bad_targets",
+];
+/// A guest that has not finished the batch by then is killed and counted as a failure.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What `cargo xtask test` runs.
+pub struct Options {
+    pub long: bool,
+    pub filters: Vec<String>,
+    pub host: bool,
+    pub guest: bool,
+}
+
+pub fn run(options: Options) -> Result<i32> {
     setup::run()?;
     util::run(cargo().args(["fmt", "--all", "--check"])).context("cargo fmt --all --check")?;
-    util::run(cargo().args([
+    let clippy = [
         "clippy",
         "--workspace",
         "--all-targets",
@@ -25,8 +53,8 @@ pub fn run(long: bool, filter: Option<String>) -> Result<i32> {
         "--",
         "-D",
         "warnings",
-    ]))
-    .context("clippy")?;
+    ];
+    util::run(cargo().args(clippy)).context("clippy")?;
 
     let unit = unit_tests()?;
     let chaos_user = util::build_chaos_user(false)?;
@@ -34,75 +62,140 @@ pub fn run(long: bool, filter: Option<String>) -> Result<i32> {
     let args = privileged::Args {
         bins,
         chaos_user,
-        filter,
-        long,
+        filters: options.filters.clone(),
+        long: options.long,
         tally: None,
     };
-    let tally = if is_root() {
-        privileged::run_all(&args)?
-    } else if Command::new("sudo")
-        .arg("-n")
-        .arg("true")
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("xtask: running the privileged tests through sudo");
-        let tally_file =
-            std::env::temp_dir().join(format!("chaos-xtask-{}.json", std::process::id()));
-        let mut cmd = Command::new("sudo");
-        cmd.arg(std::env::current_exe()?)
-            .arg("privileged")
-            .args(args.to_cli());
-        cmd.arg("--tally").arg(&tally_file);
-        let status = cmd.status()?;
-        let tally: Tally =
-            serde_json::from_slice(&std::fs::read(&tally_file).with_context(|| {
-                format!(
-                    "the privileged run ({status}) wrote no tally to {}",
-                    tally_file.display()
-                )
-            })?)?;
-        tally
+    let host = if options.host {
+        Some(host_tests(&args)?)
     } else {
-        eprintln!("xtask: not root and no password-less sudo: privileged tests will skip");
-        privileged::run_all(&args)?
+        None
+    };
+    let guest = if options.guest {
+        Some(guest_tests(&args, &options.filters))
+    } else {
+        None
     };
 
-    let passed = unit.passed + tally.passed;
-    let failed = unit.failed + tally.failed;
     eprintln!();
     eprintln!(
-        "unit tests:       {} passed, {} failed",
+        "unit tests:           {} passed, {} failed",
         unit.passed, unit.failed
     );
-    eprintln!(
-        "privileged tests: {} passed, {} failed, {} skipped",
-        tally.passed,
-        tally.failed,
-        tally.skipped.len()
-    );
-    for (test, reason) in &tally.skipped {
-        eprintln!("  skipped {test}: {reason}");
-    }
-    for test in &tally.failures {
-        eprintln!("  FAILED {test}");
-    }
-    println!(
-        "{passed} passed, {failed} failed, {} skipped",
-        tally.skipped.len()
-    );
-    let root_skips = tally
-        .skipped
-        .iter()
-        .filter(|(_, r)| r.contains(privileged::NOT_ROOT))
-        .count();
-    if root_skips > 0 {
+    let mut passed = unit.passed;
+    let mut failed = unit.failed;
+    let mut skipped = 0;
+    for (kernel, tally) in [("host kernel", &host), ("guest kernel 6.1", &guest)] {
+        let Some(tally) = tally else { continue };
         eprintln!(
-            "xtask: {root_skips} privileged test(s) skipped for lack of root: this run proves nothing about them"
+            "{kernel:<21} {} passed, {} failed, {} skipped",
+            tally.passed,
+            tally.failed,
+            tally.skipped.len()
         );
-        return Ok(1);
+        for (test, reason) in &tally.skipped {
+            eprintln!("  skipped {test}: {reason}");
+        }
+        for test in &tally.failures {
+            eprintln!("  FAILED {test}");
+        }
+        passed += tally.passed;
+        failed += tally.failed;
+        skipped += tally.skipped.len();
+    }
+    if let (Some(host), Some(guest)) = (&host, &guest) {
+        for (test, _) in &host.skipped {
+            let ran_in_guest = guest.ran.contains(test);
+            if !ran_in_guest {
+                eprintln!("  FAILED {test}: runs on neither kernel");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if let Some(host) = &host {
+        let root_skips = host
+            .skipped
+            .iter()
+            .filter(|(_, r)| r.contains(privileged::NOT_ROOT))
+            .count();
+        if root_skips > 0 {
+            eprintln!(
+                "xtask: {root_skips} privileged test(s) skipped for lack of root: this run proves nothing about them"
+            );
+            return Ok(1);
+        }
     }
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// The privileged suite on the host kernel: as root, through sudo, or (skipping) as is.
+fn host_tests(args: &privileged::Args) -> Result<Tally> {
+    if is_root() {
+        return privileged::run_all(args);
+    }
+    let sudo = Command::new("sudo")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sudo {
+        eprintln!("xtask: not root and no password-less sudo: privileged tests will skip");
+        return privileged::run_all(args);
+    }
+    eprintln!("xtask: running the privileged tests through sudo");
+    let tally_file = std::env::temp_dir().join(format!("chaos-xtask-{}.json", std::process::id()));
+    let mut cmd = Command::new("sudo");
+    cmd.arg(std::env::current_exe()?)
+        .arg("privileged")
+        .args(args.to_cli());
+    cmd.arg("--tally").arg(&tally_file);
+    let status = cmd.status()?;
+    let text = std::fs::read(&tally_file).with_context(|| {
+        format!(
+            "the privileged run ({status}) wrote no tally to {}",
+            tally_file.display()
+        )
+    })?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+/// The guest batch: one boot, the runner inside; a guest that fails counts as a failure.
+fn guest_tests(args: &privileged::Args, filters: &[String]) -> Tally {
+    let mut guest_args = args.clone();
+    guest_args.filters = if filters.is_empty() {
+        GUEST_TESTS.iter().map(|t| t.to_string()).collect()
+    } else {
+        filters.to_vec()
+    };
+    let tally_file = util::root().join("target/xtask-guest-tally.json");
+    let failed = |why: String| Tally {
+        failed: 1,
+        failures: vec![format!("guest: {why}")],
+        ..Tally::default()
+    };
+    if tally_file.exists() && std::fs::remove_file(&tally_file).is_err() {
+        return failed(format!("cannot remove the old {}", tally_file.display()));
+    }
+    let result = Guest::prepare().and_then(|guest| {
+        let mut command = vec![
+            std::env::current_exe()?.display().to_string(),
+            "privileged".into(),
+        ];
+        command.extend(guest_args.to_cli());
+        command.push("--tally".into());
+        command.push(tally_file.display().to_string());
+        guest.run(&command, None, CgroupLayout::V2, GUEST_TIMEOUT)
+    });
+    match result {
+        Err(e) => failed(format!("{e:#}")),
+        Ok(status) => match std::fs::read(&tally_file).map(|t| serde_json::from_slice::<Tally>(&t))
+        {
+            Ok(Ok(tally)) => tally,
+            _ => failed(format!(
+                "the runner in the guest exited with {status} and wrote no tally"
+            )),
+        },
+    }
 }
 
 #[derive(Default)]

@@ -1,6 +1,6 @@
 //! `chaos-user inject`: faults on an existing cgroup.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
@@ -11,6 +11,8 @@ use crate::{
     loader,
     report::{EndReason, Report},
     session::{Deadline, Plan, Session, TICK},
+    spec::FaultSpec,
+    undo::UndoLog,
 };
 
 pub(super) fn main(args: InjectArgs) -> Result<i32> {
@@ -47,12 +49,26 @@ pub(super) fn main(args: InjectArgs) -> Result<i32> {
         return Ok(0);
     }
 
+    let mut undo = UndoLog::new()?;
+    let result = inject(&args, target, faults, duration, &mut undo);
+    // Whatever path led here, nothing the kernel keeps may stay behind.
+    undo.undo_where(|_| true)?;
+    result
+}
+
+fn inject(
+    args: &InjectArgs,
+    target: Cgroup,
+    faults: Vec<FaultSpec>,
+    duration: Option<Duration>,
+    undo: &mut UndoLog,
+) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut signals = signals::watch()?;
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
-    let mut session = Session::start(target.clone(), faults, deadline)?;
+    let mut session = Session::start(target.clone(), faults, deadline, undo)?;
     eprintln!(
         "chaos-user: injecting into cgroup {} ({}); Ctrl-C to stop",
         target.name,
@@ -60,7 +76,7 @@ pub(super) fn main(args: InjectArgs) -> Result<i32> {
     );
 
     let end = duration.map(|d| tokio::time::Instant::from_std(Instant::now() + d));
-    let reason: Result<EndReason, loader::LoadError> = runtime.block_on(async {
+    let reason: Result<EndReason> = runtime.block_on(async {
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -69,7 +85,7 @@ pub(super) fn main(args: InjectArgs) -> Result<i32> {
                     if !session.target().exists() {
                         return Ok(EndReason::TargetGone);
                     }
-                    for name in session.tick()? {
+                    for name in session.tick(undo)? {
                         log::info!("attached to new interface {name}");
                     }
                 }
@@ -83,14 +99,14 @@ pub(super) fn main(args: InjectArgs) -> Result<i32> {
     let reason = match reason {
         Ok(r) => r,
         Err(e) => {
-            drop(session);
-            return Err::<i32, anyhow::Error>(anyhow::Error::new(e));
+            session.stop(undo)?;
+            return Err(e);
         }
     };
 
     let started = session.started();
     let attachments = session.attachments();
-    let faults = session.stop()?;
+    let faults = session.stop(undo)?;
     let report = Report::new("inject", target, faults, attachments, started, reason);
     let to_stdout = args
         .faults

@@ -13,7 +13,8 @@ pub(super) fn main() -> Result<i32> {
     let mut pending = 0;
     for left in &leftovers {
         let mut remaining = Vec::new();
-        for entry in &left.entries {
+        // Newest first: a filter before the qdisc it sits in, anything before its cgroup.
+        for entry in left.entries.iter().rev() {
             match undo::undo(entry) {
                 Ok(Outcome::Undone) => println!("removed {entry} (left by pid {})", left.pid),
                 Ok(Outcome::AlreadyGone) => {
@@ -32,6 +33,7 @@ pub(super) fn main() -> Result<i32> {
                 }
             }
         }
+        remaining.reverse();
         pending += remaining.len();
         undo::rewrite_leftover(left, remaining)?;
     }

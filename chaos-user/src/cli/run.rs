@@ -61,13 +61,11 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
     let entry = Entry::Cgroup { path: path.clone() };
     undo.push(entry.clone())?;
     cgroup::create(&path)?;
-    let result = run_in(
-        &args,
-        duration,
-        faults,
-        &program,
-        Cgroup::resolve(&mount, &path.to_string_lossy())?,
-    );
+    let result = Cgroup::resolve(&mount, &path.to_string_lossy())
+        .map_err(anyhow::Error::from)
+        .and_then(|target| run_in(&args, duration, faults, &program, target, &mut undo));
+    // Whatever path led here, nothing of the session's may stay behind but the cgroup.
+    undo.undo_where(|e| e != &entry)?;
     let (status, abandon) = match result {
         Ok(ran) => ran,
         Err(e) => {
@@ -101,13 +99,14 @@ fn run_in(
     faults: Vec<crate::spec::FaultSpec>,
     program: &Path,
     target: Cgroup,
+    undo: &mut UndoLog,
 ) -> Result<(i32, bool)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut signals = signals::watch()?;
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
-    let mut session = Some(Session::start(target.clone(), faults, deadline)?);
+    let mut session = Some(Session::start(target.clone(), faults, deadline, undo)?);
     if let Some(s) = &session {
         eprintln!(
             "chaos-user: injecting into cgroup {} ({}); starting {}",
@@ -158,13 +157,13 @@ fn run_in(
                 status = child.wait() => break status?,
                 _ = tick.tick() => {
                     if let Some(s) = session.as_mut() {
-                        s.tick()?;
+                        s.tick(undo)?;
                     }
                 }
                 () = sleep_until(end.unwrap_or_else(tokio::time::Instant::now)),
                     if end.is_some() && session.is_some() => {
                     if let Some(s) = session.take() {
-                        faults_report = Some(s.stop()?);
+                        faults_report = Some(s.stop(undo)?);
                         end_reason = EndReason::Duration;
                         eprintln!("chaos-user: --duration ended; faults removed, the command runs on");
                     }
@@ -182,7 +181,7 @@ fn run_in(
             }
         };
         let faults = match session.take() {
-            Some(s) => s.stop()?,
+            Some(s) => s.stop(undo)?,
             None => faults_report.unwrap_or_default(),
         };
         let exit_status = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
