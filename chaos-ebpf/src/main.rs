@@ -3,6 +3,7 @@
 #![no_main]
 
 mod packet;
+mod probe;
 
 #[cfg(not(test))]
 #[panic_handler]

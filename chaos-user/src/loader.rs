@@ -28,8 +28,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ch
 
 /// Names of the programs in the object, as the kernel lists them.
 pub const PROGRAMS: &[(&str, &str)] = &[
-    ("loss_egress", "tc classifier (tcx)"),
+    ("loss_egress", "tc classifier"),
     ("loss_ingress", "cgroup_skb ingress"),
+    ("probe_fentry", "fentry security_file_open"),
+    ("probe_lsm", "lsm file_open"),
 ];
 
 /// Why the kernel side could not be set up. Every variant is the environment's refusal.
@@ -327,13 +329,16 @@ pub fn interfaces() -> Vec<String> {
 pub fn probe(name: &'static str) -> Result<(), LoadError> {
     check_ready()?;
     let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
-    let loaded = match ebpf.program_mut(name).ok_or(LoadError::Missing(name))? {
-        aya::programs::Program::SchedClassifier(p) => p.load(),
-        aya::programs::Program::CgroupSkb(p) => p.load(),
-        _ => return Err(LoadError::Missing(name)),
-    };
-    loaded.map_err(|source| LoadError::Refused {
+    let refused = |source| LoadError::Refused {
         program: name,
         source,
-    })
+    };
+    let btf = || aya::Btf::from_sys_fs().map_err(|e| refused(ProgramError::Btf(e)));
+    match ebpf.program_mut(name).ok_or(LoadError::Missing(name))? {
+        aya::programs::Program::SchedClassifier(p) => p.load().map_err(refused),
+        aya::programs::Program::CgroupSkb(p) => p.load().map_err(refused),
+        aya::programs::Program::FEntry(p) => p.load("security_file_open", &btf()?).map_err(refused),
+        aya::programs::Program::Lsm(p) => p.load("file_open", &btf()?).map_err(refused),
+        _ => Err(LoadError::Missing(name)),
+    }
 }

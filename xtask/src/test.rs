@@ -30,6 +30,7 @@ const GUEST_TESTS: &[&str] = &[
     "frozen_injector_goes_inert_after_its_lease",
     "sigkill_of_run_is_undone_by_recover",
     "bad_targets",
+    "doctor_tells_the_truth",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);

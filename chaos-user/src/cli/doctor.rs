@@ -1,6 +1,7 @@
-//! `chaos-user doctor`: what this kernel offers, found by asking it.
+//! `chaos-user doctor`: what this kernel offers, found by asking it: each program is loaded,
+//! each qdisc is added in a throwaway network namespace.
 
-use std::{fs, path::Path};
+use std::{fs, os::unix::process::CommandExt as _, path::Path, process::Command};
 
 use anyhow::Result;
 use serde::Serialize;
@@ -16,8 +17,65 @@ struct Findings {
     cgroup2_mount: Option<String>,
     lockdown: String,
     lsm: String,
-    tcx: bool,
+    features: Features,
+    faults: Vec<FaultFinding>,
     programs: Vec<ProgramFinding>,
+}
+
+/// Kernel features the product's faults build on, now or as they are added.
+#[derive(Serialize)]
+struct Features {
+    /// tcx links (6.6+); without them tc programs go through a clsact qdisc.
+    tcx: bool,
+    /// BPF trampolines: fentry, fexit, modify-return.
+    fentry: Finding,
+    /// BPF LSM programs load.
+    lsm_programs: Finding,
+    /// `bpf` is in the active LSM list, so loaded LSM programs run (unknown without
+    /// securityfs).
+    bpf_lsm_active: Option<bool>,
+    /// The `fq` qdisc (departure-time delay).
+    fq: Finding,
+    /// The `netem` qdisc.
+    netem: Finding,
+}
+
+#[derive(Serialize)]
+struct Finding {
+    available: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl Finding {
+    fn from_result(result: Result<(), String>) -> Finding {
+        match result {
+            Ok(()) => Finding {
+                available: true,
+                reason: None,
+            },
+            Err(reason) => Finding {
+                available: false,
+                reason: Some(reason),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.reason {
+            None => "yes".into(),
+            Some(r) => format!("no: {r}"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FaultFinding {
+    kind: &'static str,
+    available: bool,
+    how: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -36,6 +94,28 @@ fn read_trimmed(path: &str) -> Option<String> {
 pub(super) fn main(args: DoctorArgs) -> Result<i32> {
     super::report_leftovers();
     let securityfs = "unknown (securityfs is not mounted at /sys/kernel/security)";
+    let lsm = read_trimmed("/sys/kernel/security/lsm");
+    let programs = probe_programs();
+    let loads = |name: &str| -> Result<(), String> {
+        let p = programs
+            .iter()
+            .find(|p| p.program == name)
+            .expect("a probed program");
+        p.reason.clone().map_or(Ok(()), Err)
+    };
+    let features = Features {
+        tcx: loader::has_tcx(),
+        fentry: Finding::from_result(loads("probe_fentry")),
+        lsm_programs: Finding::from_result(loads("probe_lsm")),
+        bpf_lsm_active: lsm.as_deref().map(|l| l.split(',').any(|m| m == "bpf")),
+        fq: Finding::from_result(probe_qdisc("fq")),
+        netem: Finding::from_result(probe_qdisc("netem")),
+    };
+    let faults = vec![loss_finding(
+        &features,
+        loads("loss_egress"),
+        loads("loss_ingress"),
+    )];
     let findings = Findings {
         schema_version: crate::report::SCHEMA_VERSION,
         kernel: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
@@ -43,9 +123,10 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
         cgroup2_mount: cgroup::mount_point().ok().map(|p| p.display().to_string()),
         lockdown: read_trimmed("/sys/kernel/security/lockdown")
             .unwrap_or_else(|| securityfs.into()),
-        lsm: read_trimmed("/sys/kernel/security/lsm").unwrap_or_else(|| securityfs.into()),
-        tcx: loader::has_tcx(),
-        programs: probe_programs(),
+        lsm: lsm.unwrap_or_else(|| securityfs.into()),
+        features,
+        faults,
+        programs,
     };
     let to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if !to_stdout {
@@ -63,31 +144,63 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
     Ok(0)
 }
 
+fn loss_finding(
+    features: &Features,
+    egress: Result<(), String>,
+    ingress: Result<(), String>,
+) -> FaultFinding {
+    let tc = if features.tcx { "tcx" } else { "clsact qdisc" };
+    let reason = match (&egress, &ingress) {
+        (Ok(()), Ok(())) => None,
+        (Err(e), _) => Some(format!("loss_egress: {e}")),
+        (_, Err(e)) => Some(format!("loss_ingress: {e}")),
+    };
+    FaultFinding {
+        kind: "loss",
+        available: reason.is_none(),
+        how: format!("egress: tc classifier via {tc}; ingress: cgroup_skb"),
+        reason,
+    }
+}
+
 fn print_findings(f: &Findings) {
     let yes = |b: bool| if b { "yes" } else { "no" };
-    println!("kernel        {}", f.kernel);
-    println!("BTF           {}", yes(f.btf));
+    println!("kernel          {}", f.kernel);
+    println!("BTF             {}", yes(f.btf));
     println!(
-        "cgroup2       {}",
+        "cgroup2         {}",
         f.cgroup2_mount.as_deref().unwrap_or("not mounted")
     );
-    println!("lockdown      {}", f.lockdown);
-    println!("LSMs          {}", f.lsm);
-    println!(
-        "tcx links     {}",
-        if f.tcx {
-            "yes (6.6+)"
-        } else {
-            "no (needs 6.6): egress loss is refused"
+    println!("lockdown        {}", f.lockdown);
+    println!("LSMs            {}", f.lsm);
+    println!();
+    let tcx = if f.features.tcx {
+        "yes"
+    } else {
+        "no (6.6+): tc programs use a clsact qdisc"
+    };
+    println!("tcx links       {tcx}");
+    println!("fentry          {}", f.features.fentry.describe());
+    println!("lsm programs    {}", f.features.lsm_programs.describe());
+    let active = f
+        .features
+        .bpf_lsm_active
+        .map_or("unknown (no securityfs)", yes);
+    println!("BPF LSM active  {active}");
+    println!("fq qdisc        {}", f.features.fq.describe());
+    println!("netem qdisc     {}", f.features.netem.describe());
+    println!();
+    for fault in &f.faults {
+        match &fault.reason {
+            None => println!("fault {:<9} yes ({})", fault.kind, fault.how),
+            Some(r) => println!("fault {:<9} no: {r}", fault.kind),
         }
-    );
+    }
+    println!();
     for p in &f.programs {
         match &p.reason {
-            None => println!("program       {:<14} {:<22} loads", p.program, p.hook),
-            Some(r) => println!(
-                "program       {:<14} {:<22} refused: {r}",
-                p.program, p.hook
-            ),
+            None => println!("program {:<14} {:<28} loads", p.program, p.hook),
+            Some(r) => println!("program {:<14} {:<28} refused: {r}", p.program, p.hook),
         }
     }
 }
@@ -112,4 +225,26 @@ fn probe_programs() -> Vec<ProgramFinding> {
             }
         })
         .collect()
+}
+
+/// Adds the qdisc to `lo` of a network namespace that lives as long as one `tc` command.
+fn probe_qdisc(kind: &str) -> Result<(), String> {
+    let mut tc = Command::new("tc");
+    tc.args(["qdisc", "add", "dev", "lo", "root", kind]);
+    // SAFETY: unshare(2) between fork and exec touches only the child's own namespaces.
+    unsafe {
+        tc.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match tc.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        Err(e) => Err(format!(
+            "cannot run `tc` (iproute2) in a new network namespace: {e}"
+        )),
+    }
 }
