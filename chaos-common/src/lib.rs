@@ -135,8 +135,11 @@ pub struct RuleCounters {
     pub matched: u64,
     /// Matched packets the rule acted on.
     pub injected: u64,
-    /// Matched packets let through: the draw said no, or the deadline had passed.
+    /// Matched packets the draw let through.
     pub passed: u64,
+    /// Matched packets let through because the rule's deadline had passed (the session ended
+    /// or its lease ran out).
+    pub expired: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Target>() == 24);
@@ -144,7 +147,7 @@ const _: () = assert!(core::mem::size_of::<AddrMatch>() == 36);
 const _: () = assert!(core::mem::size_of::<PacketFilter>() == 88);
 const _: () = assert!(core::mem::size_of::<LossRule>() == 112);
 const _: () = assert!(core::mem::align_of::<LossRule>() == 8);
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

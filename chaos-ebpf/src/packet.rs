@@ -116,17 +116,20 @@ fn decide(skb: *mut __sk_buff, target: &Target, dir: u8, counter: u32) -> bool {
         if rule.dirs & dir == 0 || !filter_matches(&rule.filter, &packet) {
             continue;
         }
-        // SAFETY: plain helper calls without arguments.
-        let (now, draw) = unsafe { (bpf_ktime_get_ns(), bpf_get_prandom_u32()) };
-        let lose = now < rule.deadline_ns && (draw as u64) < rule.threshold;
+        // SAFETY: a plain helper call without arguments.
+        let live = unsafe { bpf_ktime_get_ns() } < rule.deadline_ns;
+        // SAFETY: as above; the draw is taken only for a live rule.
+        let lose = live && (unsafe { bpf_get_prandom_u32() } as u64) < rule.threshold;
         if let Some(counters) = LOSS_COUNTERS.get_ptr_mut(i * 2 + counter) {
             // SAFETY: a per-CPU map value, written only by this CPU while this program runs.
             let counters = unsafe { &mut *counters };
             counters.matched += 1;
             if lose {
                 counters.injected += 1;
-            } else {
+            } else if live {
                 counters.passed += 1;
+            } else {
+                counters.expired += 1;
             }
         }
         return lose;

@@ -12,7 +12,7 @@ use crate::error::{Class, Classify};
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-/// How `chaos-user run` names the cgroups it creates below the cgroup2 root, before its PID.
+/// How `chaos-user run` names the cgroup it creates below its own, before its PID.
 pub const RUN_CGROUP_PREFIX: &str = "chaos-user-run-";
 
 /// Why a cgroup could not be used.
@@ -152,7 +152,12 @@ impl Cgroup {
     }
 
     fn from_parts(mount: &Path, rel: &Path) -> Result<Cgroup, CgroupError> {
-        let path = mount.join(rel);
+        // `mount.join("")` would end in a slash; the root cgroup is the mount itself.
+        let path = if rel.as_os_str().is_empty() {
+            mount.to_path_buf()
+        } else {
+            mount.join(rel)
+        };
         let meta = fs::metadata(&path).map_err(io_err("stat", &path))?;
         let level = rel.components().count() as u32;
         let name = format!("/{}", rel.to_string_lossy());
@@ -187,9 +192,11 @@ impl Cgroup {
         Ok(text.lines().any(|l| l.trim() == "populated 1"))
     }
 
-    /// Whether the directory still exists.
+    /// Whether this very cgroup still exists: not removed, and not replaced by another of the
+    /// same name (as a service restart does).
     pub fn exists(&self) -> bool {
-        self.path.join("cgroup.procs").exists()
+        fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.id)
+            && self.path.join("cgroup.procs").exists()
     }
 }
 

@@ -91,6 +91,11 @@ impl Classify for LoadError {
                 "run `cargo xtask setup` to install the eBPF toolchain, then build again".into(),
             ),
             LoadError::NotPrivileged => Some("run it with sudo".into()),
+            LoadError::Object(_) => Some(
+                "the kernel refused to create the maps: root needs CAP_BPF and CAP_SYS_ADMIN \
+                 (in a container, run it privileged)"
+                    .into(),
+            ),
             LoadError::Refused { .. } => {
                 Some("`chaos-user doctor` shows which programs this kernel loads".into())
             }
@@ -125,7 +130,7 @@ pub fn has_tcx() -> bool {
 pub struct Programs {
     ebpf: Ebpf,
     mode: Mode,
-    egress_interfaces: Vec<String>,
+    egress_interfaces: Vec<Interface>,
     ingress_attached: bool,
 }
 
@@ -186,6 +191,32 @@ impl Programs {
         })
     }
 
+    /// Makes every rule inert at once (the target record says none is live), so that counters
+    /// read afterwards are final.
+    pub fn disable(&mut self) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut("TARGET")
+            .ok_or(LoadError::Missing("map TARGET"))?;
+        let mut array: Array<_, Target> =
+            Array::try_from(map).map_err(|source| LoadError::Map {
+                op: "open",
+                map: "TARGET",
+                source,
+            })?;
+        let mut record = array.get(&0, 0).map_err(|source| LoadError::Map {
+            op: "read",
+            map: "TARGET",
+            source,
+        })?;
+        record.loss_rules = 0;
+        array.set(0, record, 0).map_err(|source| LoadError::Map {
+            op: "write",
+            map: "TARGET",
+            source,
+        })
+    }
+
     /// Rewrites the rule records (to renew their deadlines).
     pub fn write_rules(&mut self, rules: &[LossRule]) -> Result<(), LoadError> {
         let map = self
@@ -214,26 +245,28 @@ impl Programs {
     /// Without tcx, the qdiscs and filters go into `undo` before they are made.
     pub fn attach_egress_everywhere(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
         let mut added = Vec::new();
-        for name in interfaces() {
-            if self.egress_interfaces.contains(&name) {
+        for interface in interfaces() {
+            // Known by index too: an interface deleted and made again under the same name is a
+            // new one, without the program.
+            if self.egress_interfaces.contains(&interface) {
                 continue;
             }
+            let name = &interface.name;
             let prog: &mut SchedClassifier = program(&mut self.ebpf, "loss_egress")?;
-            match tc::attach(prog, &name, self.mode, undo) {
+            match tc::attach(prog, name, self.mode, undo) {
                 Ok(()) => {}
                 // The interface went away between listing and attaching.
-                Err(_) if !interfaces().contains(&name) => continue,
+                Err(_) if !interfaces().contains(&interface) => continue,
                 Err(e) => {
+                    let mode = self.mode.name();
                     return Err(e).with_context(|| {
-                        format!(
-                            "attach `loss_egress` to {} egress of {name}",
-                            self.mode.name()
-                        )
+                        format!("attach `loss_egress` to {mode} egress of {name}")
                     });
                 }
             }
-            self.egress_interfaces.push(name.clone());
-            added.push(name);
+            self.egress_interfaces.retain(|i| i.name != interface.name);
+            added.push(interface.name.clone());
+            self.egress_interfaces.push(interface);
         }
         Ok(added)
     }
@@ -262,7 +295,7 @@ impl Programs {
         let mut out: Vec<String> = self
             .egress_interfaces
             .iter()
-            .map(|i| format!("{} egress {i}", self.mode.name()))
+            .map(|i| format!("{} egress {}", self.mode.name(), i.name))
             .collect();
         if self.ingress_attached {
             out.push("cgroup_skb ingress".to_string());
@@ -294,6 +327,7 @@ impl Programs {
                     matched: acc.matched + v.matched,
                     injected: acc.injected + v.injected,
                     passed: acc.passed + v.passed,
+                    expired: acc.expired + v.expired,
                 }))
         };
         Ok((
@@ -312,17 +346,38 @@ where
         .ok_or(LoadError::Missing(name))
 }
 
-/// The network interfaces of this network namespace.
-pub fn interfaces() -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir("/sys/class/net")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+/// A network interface: its name and its index, which a recreated interface does not keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+}
+
+/// The network interfaces of the network namespace this process is in.
+pub fn interfaces() -> Vec<Interface> {
+    let mut found = Vec::new();
+    // SAFETY: if_nameindex returns an array ended by a zeroed entry, or null; every name is a
+    // NUL-terminated string; the array is freed once, after it has been copied.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return found;
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name)
+                .to_string_lossy()
+                .into_owned();
+            found.push(Interface {
+                name,
+                index: (*entry).if_index,
+            });
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
 }
 
 /// Loads one program of the object alone, attaching nothing, to see whether this kernel takes it.

@@ -1,15 +1,11 @@
 //! What a session reports: a readable summary and a versioned JSON record.
 
-use std::{
-    io::Write,
-    path::Path,
-    time::{Duration, SystemTime},
-};
+use std::{io::Write, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::{cgroup::Cgroup, spec::FaultSpec};
+use crate::{cgroup::Cgroup, session::SessionRecord, spec::FaultSpec};
 
 /// Version of the JSON record; bumped on any change that could break a reader.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -20,6 +16,8 @@ pub struct Counters {
     pub matched: u64,
     pub injected: u64,
     pub passed: u64,
+    /// Matched after the rule's deadline (the session's end or a lapsed lease): let through.
+    pub expired: u64,
 }
 
 impl From<chaos_common::RuleCounters> for Counters {
@@ -28,6 +26,7 @@ impl From<chaos_common::RuleCounters> for Counters {
             matched: c.matched,
             injected: c.injected,
             passed: c.passed,
+            expired: c.expired,
         }
     }
 }
@@ -50,11 +49,11 @@ pub struct FaultReport {
 pub enum EndReason {
     /// `--duration` ran out.
     Duration,
-    /// SIGINT, SIGTERM or SIGHUP.
+    /// A signal that ends the session (SIGINT, SIGTERM, SIGHUP, ...).
     Signal,
     /// The command that `run` started exited.
     CommandExited,
-    /// The target cgroup was removed.
+    /// The target cgroup was removed, or replaced by another of the same name.
     TargetGone,
 }
 
@@ -88,12 +87,15 @@ impl Report {
     pub fn new(
         command: &'static str,
         target: Cgroup,
-        faults: Vec<FaultReport>,
-        attachments: Vec<String>,
-        started: SystemTime,
+        session: SessionRecord,
         end_reason: EndReason,
     ) -> Report {
-        let ended = SystemTime::now();
+        let SessionRecord {
+            started,
+            ended,
+            attachments,
+            faults,
+        } = session;
         let elapsed = ended.duration_since(started).unwrap_or(Duration::ZERO);
         Report {
             schema_version: SCHEMA_VERSION,
@@ -128,7 +130,7 @@ impl Report {
             EndReason::Duration => "the duration ended",
             EndReason::Signal => "interrupted",
             EndReason::CommandExited => "the command exited",
-            EndReason::TargetGone => "the target cgroup was removed",
+            EndReason::TargetGone => "the target cgroup was removed or replaced",
         };
         let mut s = format!(
             "chaos-user: faults on cgroup {} for {:.1}s ({reason}); nothing left attached\n",
@@ -143,8 +145,13 @@ impl Report {
                 if !applies {
                     continue;
                 }
+                let expired = if c.expired > 0 {
+                    format!("  after the deadline {}", c.expired)
+                } else {
+                    String::new()
+                };
                 s += &format!(
-                    "  {:<width$}  {dir:<7}  matched {:>9}  lost {:>9}  passed {:>9}{}\n",
+                    "  {:<width$}  {dir:<7}  matched {:>9}  lost {:>9}  passed {:>9}{expired}{}\n",
                     f.spec,
                     c.matched,
                     c.injected,
@@ -169,13 +176,15 @@ fn direction_applies(fault: &FaultSpec, egress: bool) -> bool {
     }
 }
 
+/// The share lost among the packets a live rule decided on.
 fn ratio(c: Counters) -> String {
-    if c.matched == 0 {
+    let decided = c.injected + c.passed;
+    if decided == 0 {
         String::new()
     } else {
         format!(
             "  ({:.1}% lost)",
-            100.0 * c.injected as f64 / c.matched as f64
+            100.0 * c.injected as f64 / decided as f64
         )
     }
 }

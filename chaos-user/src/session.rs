@@ -152,12 +152,16 @@ impl Session {
         self.programs.attachments()
     }
 
-    /// Reads the counters, then detaches everything.
-    pub fn stop(self, undo: &mut UndoLog) -> anyhow::Result<Vec<FaultReport>> {
-        let mut out = Vec::with_capacity(self.faults.len());
+    /// Makes the rules inert, reads the counters, then detaches everything.
+    pub fn stop(mut self, undo: &mut UndoLog) -> anyhow::Result<SessionRecord> {
+        self.programs.disable()?;
+        let ended = SystemTime::now();
+        // A program run that read the target record before it changed may still be counting.
+        std::thread::sleep(Duration::from_millis(5));
+        let mut faults = Vec::with_capacity(self.faults.len());
         for (i, fault) in self.faults.iter().enumerate() {
             let (egress, ingress) = self.programs.counters(i as u32)?;
-            out.push(FaultReport {
+            faults.push(FaultReport {
                 rule: i,
                 spec: fault.to_string(),
                 fault: fault.clone(),
@@ -165,9 +169,26 @@ impl Session {
                 ingress: Counters::from(ingress),
             });
         }
+        let record = SessionRecord {
+            started: self.started,
+            ended,
+            attachments: self.programs.attachments(),
+            faults,
+        };
         self.detach(undo)?;
-        Ok(out)
+        Ok(record)
     }
+}
+
+/// What a stopped session did.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    /// When the programs were attached.
+    pub started: SystemTime,
+    /// When the rules were made inert.
+    pub ended: SystemTime,
+    pub attachments: Vec<String>,
+    pub faults: Vec<FaultReport>,
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.

@@ -222,6 +222,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         return Err(SpecError::Empty);
     }
     let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+    let kind = kind.trim();
     let pairs = split_pairs(kind, rest)?;
     match kind {
         "loss" => parse_loss(kind, &pairs).map(FaultSpec::Loss),
@@ -349,7 +350,24 @@ pub fn parse_probability(key: &str, value: &str) -> Result<f64, SpecError> {
             "a probability lies between 0 and 1 (write 0.2, not 20)",
         ));
     }
-    Ok(p)
+    // The kernel draws 32 bits: a probability finer than that would silently become 0 or 1.
+    let threshold = (p * (1u64 << 32) as f64).round();
+    if p > 0.0 && threshold == 0.0 {
+        return Err(bad(
+            key,
+            value,
+            "below the kernel's resolution of 2^-32; write 0 for never",
+        ));
+    }
+    if p < 1.0 && threshold >= (1u64 << 32) as f64 {
+        return Err(bad(
+            key,
+            value,
+            "closer to 1 than the kernel's resolution; write 1 for always",
+        ));
+    }
+    // `-0` is 0.
+    Ok(if p == 0.0 { 0.0 } else { p })
 }
 
 fn parse_direction(value: &str) -> Result<Direction, SpecError> {
@@ -373,17 +391,22 @@ fn parse_proto(value: &str) -> Result<Proto, SpecError> {
 
 /// An address or a CIDR; a bare address means that host alone.
 pub fn parse_net(key: &str, value: &str) -> Result<IpNet, SpecError> {
-    if let Ok(net) = value.parse::<IpNet>() {
+    let expected = "expected an IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8 or ::1";
+    let net = match value.parse::<IpNet>() {
         // Keep the network, not the host bits the user wrote: 10.1.2.3/8 means 10.0.0.0/8.
-        return Ok(net.trunc());
+        Ok(net) => net.trunc(),
+        Err(_) => value
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| bad(key, value, expected))?,
+    };
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            let hint = format!("IPv4 packets carry IPv4 addresses; write {v4}");
+            return Err(bad(key, value, hint));
+        }
     }
-    value.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-        bad(
-            key,
-            value,
-            "expected an IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8 or ::1",
-        )
-    })
+    Ok(net)
 }
 
 /// A port (`53`) or an inclusive range (`8000-8080`).
@@ -407,12 +430,18 @@ pub fn parse_ports(key: &str, value: &str) -> Result<Ports, SpecError> {
     Ok(Ports { lo, hi })
 }
 
-/// A duration, always with a unit: `250us`, `200ms`, `2s`, `5m`.
+/// The longest duration any key takes: a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration, always with a unit: `250us`, `200ms`, `2s`, `5m`; more than zero, at most a year.
 pub fn parse_duration(key: &str, value: &str) -> Result<Duration, SpecError> {
     let expected = "expected a duration with a unit, such as 250ms, 30s or 5m";
     let d = humantime::parse_duration(value).map_err(|_| bad(key, value, expected))?;
     if d.is_zero() {
         return Err(bad(key, value, "a duration must be longer than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(bad(key, value, "at most a year (365d)"));
     }
     Ok(d)
 }
@@ -468,6 +497,18 @@ mod tests {
     }
 
     #[test]
+    fn spelling_is_forgiving_where_it_is_unambiguous() {
+        assert_eq!(
+            parse_fault("loss :p=0.1").unwrap(),
+            parse_fault("loss:p=0.1").unwrap()
+        );
+        assert_eq!(
+            parse_fault("loss:p=-0").unwrap().to_string(),
+            "loss:p=0,dir=both"
+        );
+    }
+
+    #[test]
     fn thresholds() {
         assert_eq!(loss("loss:p=0").threshold(), 0);
         assert_eq!(loss("loss:p=0.5").threshold(), 1 << 31);
@@ -502,6 +543,9 @@ mod tests {
             ("loss:p=0.1,proto=icmp,dport=1", "icmp has no ports"),
             ("loss:p=0.1,dport", "is not key=value"),
             ("loss:p=", "is not key=value"),
+            ("loss:p=1e-10", "resolution"),
+            ("loss:p=0.9999999999", "resolution"),
+            ("loss:p=1,dst=::ffff:127.0.0.1", "write 127.0.0.1"),
         ];
         for (text, want) in cases {
             let err = parse_fault(text).expect_err(text);
@@ -524,7 +568,16 @@ mod tests {
             parse_duration("d", "250us").unwrap(),
             Duration::from_micros(250)
         );
-        for bad in ["10", "0s", "ten seconds", "-1s", ""] {
+        assert!(parse_duration("d", "365d").is_ok());
+        for bad in [
+            "10",
+            "0s",
+            "ten seconds",
+            "-1s",
+            "",
+            "366d",
+            "18446744073709551615s",
+        ] {
             assert!(parse_duration("d", bad).is_err(), "{bad}");
         }
     }

@@ -13,11 +13,12 @@ use serde::{Deserialize, Serialize};
 /// Version of the record format on disk.
 const SCHEMA_VERSION: u32 = 1;
 
-/// Where undo logs live: `CHAOS_USER_RUNTIME_DIR`, else `/run/chaos-user`.
+/// Where undo logs live: `CHAOS_USER_RUNTIME_DIR` (made absolute), else `/run/chaos-user`.
 pub fn runtime_dir() -> PathBuf {
-    std::env::var_os("CHAOS_USER_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/chaos-user"))
+    match std::env::var_os("CHAOS_USER_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => std::path::absolute(&dir).unwrap_or_else(|_| dir.into()),
+        _ => PathBuf::from("/run/chaos-user"),
+    }
 }
 
 /// One thing to undo.
@@ -208,32 +209,49 @@ pub struct Leftover {
     pub entries: Vec<Entry>,
 }
 
-/// The logs of dead sessions in the runtime directory.
-pub fn leftovers() -> Result<Vec<Leftover>> {
+/// What the runtime directory holds from sessions that are no longer running.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub leftovers: Vec<Leftover>,
+    /// Files named like undo logs that cannot be read as one, with the reason.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// The logs of dead sessions in the runtime directory. A file that cannot be read as an undo
+/// log is reported, not fatal: it must not keep the others from being undone.
+pub fn leftovers() -> Result<Found> {
     let dir = runtime_dir();
     let read = match fs::read_dir(&dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::default()),
         other => other.with_context(|| format!("read {}", dir.display()))?,
     };
-    let mut found = Vec::new();
+    let mut found = Found::default();
     for item in read {
         let file = item?.path();
-        if file.extension().is_none_or(|e| e != "json") {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        if !(name.starts_with("session-") && name.ends_with(".json")) {
             continue;
         }
-        let text = fs::read(&file).with_context(|| format!("read {}", file.display()))?;
-        let record: Record = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not an undo log of this version", file.display()))?;
+        let record = fs::read(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_slice::<Record>(&text).map_err(|e| e.to_string()));
+        let record = match record {
+            Ok(record) => record,
+            Err(why) => {
+                found.unreadable.push((file, why));
+                continue;
+            }
+        };
         if process_start_time(record.pid).ok() == Some(record.start_time) {
             continue;
         }
-        found.push(Leftover {
+        found.leftovers.push(Leftover {
             file,
             pid: record.pid,
             entries: record.entries,
         });
     }
-    found.sort_by_key(|l| l.pid);
+    found.leftovers.sort_by_key(|l| l.pid);
     Ok(found)
 }
 

@@ -385,9 +385,10 @@ pub fn binomial_interval(n: u64, p: f64) -> (f64, f64) {
     (mean - 3.29 * sd, mean + 3.29 * sd)
 }
 
-/// Cgroups named like `run`'s transient ones, directly below the mount.
+/// Cgroups named like `run`'s transient ones, below this test's cgroup (where a `run` that the
+/// test starts makes them).
 pub fn run_cgroups() -> Vec<String> {
-    fs::read_dir(cgroup2_mount())
+    fs::read_dir(cgroup2_mount().join(own_cgroup_name().trim_start_matches('/')))
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())

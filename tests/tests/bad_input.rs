@@ -45,6 +45,8 @@ fn bad_specs_and_arguments() {
         ),
         ("loss:p=0.1,dport=99999", "bad value `99999` for `dport`"),
         ("loss", "`loss` needs `p`"),
+        ("loss:p=1e-10", "resolution"),
+        ("loss:p=1,dst=::ffff:127.0.0.1", "write 127.0.0.1"),
     ];
     for (spec, want) in specs {
         assert_refused(
@@ -104,6 +106,40 @@ fn bad_specs_and_arguments() {
         125,
         "--json -",
     );
+    let target_args = ["inject", "--cgroup", &target.name];
+    let long = ["--fault", "loss:p=0.1", "--duration", "400d"];
+    assert_refused(
+        chaos_user().args(target_args).args(long),
+        2,
+        "at most a year",
+    );
+    let json = [
+        "--fault",
+        "loss:p=0.1",
+        "--json",
+        "/nonexistent/report.json",
+    ];
+    assert_refused(
+        chaos_user().args(target_args).args(json),
+        2,
+        "does not exist",
+    );
+    assert_refused(
+        chaos_user().arg("run").args(json).args(["--", "/bin/true"]),
+        125,
+        "does not exist",
+    );
+    let nine: Vec<&str> = std::iter::repeat_n(["--fault", "loss:p=0.1"], 9)
+        .flatten()
+        .collect();
+    assert_refused(
+        chaos_user().args(target_args).arg("--dry-run").args(&nine),
+        2,
+        "at most 8",
+    );
+    let empty = ["inject", "--cgroup", "", "--fault", "loss:p=0.1"];
+    assert_refused(chaos_user().args(empty), 2, "--cgroup is empty");
+    assert_refused(chaos_user().args(target_args), 2, "--fault");
 }
 
 #[test]

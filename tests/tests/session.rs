@@ -245,7 +245,10 @@ fn sigkill_of_run_is_undone_by_recover() {
     let mut runner = Injector::start_cmd(cmd, "injecting into");
     let cgroups = run_cgroups();
     assert_eq!(cgroups.len(), 1, "{cgroups:?}");
-    let cgroup = chaos_tests::cgroup2_mount().join(&cgroups[0]);
+    let own = chaos_tests::own_cgroup_name();
+    let cgroup = chaos_tests::cgroup2_mount()
+        .join(own.trim_start_matches('/'))
+        .join(&cgroups[0]);
     let deadline = Instant::now() + Duration::from_secs(5);
     let sleeper = loop {
         let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).expect("procs");
@@ -294,4 +297,81 @@ fn sigkill_of_run_is_undone_by_recover() {
         status.success() && stdout.contains("nothing to recover"),
         "twice is harmless: {stdout}"
     );
+}
+
+#[test]
+fn run_keeps_the_command_below_its_callers_cgroup() {
+    if !root_or_skip() {
+        return;
+    }
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "run",
+        "--fault",
+        "loss:p=0.1",
+        "--",
+        "cat",
+        "/proc/self/cgroup",
+    ]));
+    assert!(status.success(), "{stderr}");
+    let own = chaos_tests::own_cgroup_name();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup2 line");
+    let want = format!("{}/chaos-user-run-", own.trim_end_matches('/'));
+    assert!(
+        line.starts_with(&want),
+        "the command ran in {line}, not below {own}"
+    );
+    assert!(run_cgroups().is_empty(), "removed after the command");
+}
+
+#[test]
+fn a_replaced_target_ends_the_session() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let path = target.path.clone();
+    let mut injector =
+        Injector::start(&["inject", "--cgroup", &target.name, "--fault", "loss:p=1"]);
+    // What a service restart does: the cgroup goes, and another comes under the same name.
+    std::fs::remove_dir(&path).expect("remove the target");
+    std::fs::create_dir(&path).expect("make it again");
+    let (status, lines) = injector.wait();
+    assert_eq!(status.code(), Some(3), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("removed or replaced")),
+        "{lines:?}"
+    );
+    assert!(programs_left_after(Duration::from_secs(2)).is_empty());
+    drop(target);
+}
+
+#[test]
+fn closed_output_does_not_stop_the_clean_up() {
+    if !root_or_skip() {
+        return;
+    }
+    // A pipe whose reader is gone, as in `chaos-user run ... 2>&1 | head -1`.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two descriptors; the read end is closed at once.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+    }
+    // SAFETY: fds[1] is an open descriptor that nothing else owns.
+    let write_end = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let mut cmd = chaos_user();
+    cmd.args(["run", "--fault", "loss:p=0.1", "--", "sh", "-c", "exit 3"]);
+    cmd.stdout(write_end.try_clone().expect("dup"))
+        .stderr(write_end);
+    let status = cmd.status().expect("run chaos-user");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the command's status, whatever happened to the output"
+    );
+    assert!(run_cgroups().is_empty(), "no cgroup left");
+    assert!(undo_logs().is_empty(), "no undo log left");
 }

@@ -3,7 +3,7 @@
 
 use std::{fs, os::unix::process::CommandExt as _, path::Path, process::Command};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::DoctorArgs;
@@ -92,6 +92,9 @@ fn read_trimmed(path: &str) -> Option<String> {
 }
 
 pub(super) fn main(args: DoctorArgs) -> Result<i32> {
+    if let Some(path) = &args.json {
+        super::check_writable(path)?;
+    }
     super::report_leftovers();
     let securityfs = "unknown (securityfs is not mounted at /sys/kernel/security)";
     let lsm = read_trimmed("/sys/kernel/security/lsm");
@@ -136,9 +139,9 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
         let mut text = serde_json::to_string_pretty(&findings)?;
         text.push('\n');
         if to_stdout {
-            print!("{text}");
+            out!("{}", text.trim_end());
         } else {
-            fs::write(path, text)?;
+            fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
         }
     }
     Ok(0)
@@ -165,42 +168,42 @@ fn loss_finding(
 
 fn print_findings(f: &Findings) {
     let yes = |b: bool| if b { "yes" } else { "no" };
-    println!("kernel          {}", f.kernel);
-    println!("BTF             {}", yes(f.btf));
-    println!(
+    out!("kernel          {}", f.kernel);
+    out!("BTF             {}", yes(f.btf));
+    out!(
         "cgroup2         {}",
         f.cgroup2_mount.as_deref().unwrap_or("not mounted")
     );
-    println!("lockdown        {}", f.lockdown);
-    println!("LSMs            {}", f.lsm);
-    println!();
+    out!("lockdown        {}", f.lockdown);
+    out!("LSMs            {}", f.lsm);
+    out!();
     let tcx = if f.features.tcx {
         "yes"
     } else {
         "no (6.6+): tc programs use a clsact qdisc"
     };
-    println!("tcx links       {tcx}");
-    println!("fentry          {}", f.features.fentry.describe());
-    println!("lsm programs    {}", f.features.lsm_programs.describe());
+    out!("tcx links       {tcx}");
+    out!("fentry          {}", f.features.fentry.describe());
+    out!("lsm programs    {}", f.features.lsm_programs.describe());
     let active = f
         .features
         .bpf_lsm_active
         .map_or("unknown (no securityfs)", yes);
-    println!("BPF LSM active  {active}");
-    println!("fq qdisc        {}", f.features.fq.describe());
-    println!("netem qdisc     {}", f.features.netem.describe());
-    println!();
+    out!("BPF LSM active  {active}");
+    out!("fq qdisc        {}", f.features.fq.describe());
+    out!("netem qdisc     {}", f.features.netem.describe());
+    out!();
     for fault in &f.faults {
         match &fault.reason {
-            None => println!("fault {:<9} yes ({})", fault.kind, fault.how),
-            Some(r) => println!("fault {:<9} no: {r}", fault.kind),
+            None => out!("fault {:<9} yes ({})", fault.kind, fault.how),
+            Some(r) => out!("fault {:<9} no: {r}", fault.kind),
         }
     }
-    println!();
+    out!();
     for p in &f.programs {
         match &p.reason {
-            None => println!("program {:<14} {:<28} loads", p.program, p.hook),
-            Some(r) => println!("program {:<14} {:<28} refused: {r}", p.program, p.hook),
+            None => out!("program {:<14} {:<28} loads", p.program, p.hook),
+            Some(r) => out!("program {:<14} {:<28} refused: {r}", p.program, p.hook),
         }
     }
 }

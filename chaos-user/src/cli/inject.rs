@@ -17,6 +17,13 @@ use crate::{
 
 pub(super) fn main(args: InjectArgs) -> Result<i32> {
     let (faults, duration) = args.faults.parse()?;
+    if args.cgroup.trim().is_empty() {
+        return Err(crate::error::UsageError {
+            message: "--cgroup is empty".into(),
+            hint: Some("name a cgroup; the root cgroup is `/` (with --force)".into()),
+        }
+        .into());
+    }
     let mount = cgroup::mount_point()?;
     let target = Cgroup::resolve(&mount, &args.cgroup).context("--cgroup")?;
     cgroup::check_guardrails(&mount, &target, args.force)?;
@@ -24,29 +31,7 @@ pub(super) fn main(args: InjectArgs) -> Result<i32> {
     loader::check_ready()?;
 
     if args.dry_run {
-        let plan = Plan::new(&faults);
-        plan.load()?;
-        println!("dry run: programs load and verify; nothing attached");
-        println!(
-            "target: cgroup {} (id {}, level {})",
-            target.name, target.id, target.level
-        );
-        for f in &faults {
-            println!("fault: {f}");
-        }
-        if plan.egress {
-            println!(
-                "would attach: loss_egress at tcx egress of {}",
-                loader::interfaces().join(", ")
-            );
-        }
-        if plan.ingress {
-            println!(
-                "would attach: loss_ingress at cgroup_skb ingress of {}",
-                target.name
-            );
-        }
-        return Ok(0);
+        return dry_run(&args, target, &faults);
     }
 
     let mut undo = UndoLog::new()?;
@@ -69,7 +54,7 @@ fn inject(
     let mut signals = signals::watch()?;
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
     let mut session = Session::start(target.clone(), faults, deadline, undo)?;
-    eprintln!(
+    note!(
         "chaos-user: injecting into cgroup {} ({}); Ctrl-C to stop",
         target.name,
         session.attachments().join(", ")
@@ -104,29 +89,95 @@ fn inject(
         }
     };
 
-    let started = session.started();
-    let attachments = session.attachments();
-    let faults = session.stop(undo)?;
-    let report = Report::new("inject", target, faults, attachments, started, reason);
+    let record = session.stop(undo)?;
+    let report = Report::new("inject", target, record, reason);
     let to_stdout = args
         .faults
         .json
         .as_deref()
         .is_some_and(|p| p.as_os_str() == "-");
     if to_stdout {
-        eprint!("{}", report.summary());
+        note!("{}", report.summary().trim_end());
     } else {
-        print!("{}", report.summary());
+        out!("{}", report.summary().trim_end());
     }
     if let Some(path) = &args.faults.json {
         report.write_json(path)?;
     }
     if reason == EndReason::TargetGone {
-        eprintln!(
-            "chaos-user: error: the target cgroup {} was removed",
+        note!(
+            "chaos-user: error: the target cgroup {} was removed or replaced",
             report.target.name
         );
         return Ok(3);
+    }
+    Ok(0)
+}
+
+/// The plan of a `--dry-run`, as JSON.
+#[derive(serde::Serialize)]
+struct DryRun {
+    schema_version: u32,
+    command: &'static str,
+    target: Cgroup,
+    faults: Vec<String>,
+    would_attach: Vec<String>,
+}
+
+/// Loads and verifies the programs the faults need and says where they would go.
+fn dry_run(args: &InjectArgs, target: Cgroup, faults: &[FaultSpec]) -> Result<i32> {
+    let plan = Plan::new(faults);
+    plan.load()?;
+    let mut would_attach = Vec::new();
+    if plan.egress {
+        let mode = crate::tc::Mode::detect().name();
+        for interface in loader::interfaces() {
+            would_attach.push(format!(
+                "loss_egress at {mode} egress of {}",
+                interface.name
+            ));
+        }
+    }
+    if plan.ingress {
+        would_attach.push(format!(
+            "loss_ingress at cgroup_skb ingress of {}",
+            target.name
+        ));
+    }
+    let plan = DryRun {
+        schema_version: crate::report::SCHEMA_VERSION,
+        command: "dry-run",
+        target,
+        faults: faults.iter().map(|f| f.to_string()).collect(),
+        would_attach,
+    };
+    let json_to_stdout = args
+        .faults
+        .json
+        .as_deref()
+        .is_some_and(|p| p.as_os_str() == "-");
+    let mut text = format!(
+        "dry run: programs load and verify; nothing attached\ntarget: cgroup {} (id {}, level {})\n",
+        plan.target.name, plan.target.id, plan.target.level
+    );
+    for f in &plan.faults {
+        text += &format!("fault: {f}\n");
+    }
+    for a in &plan.would_attach {
+        text += &format!("would attach: {a}\n");
+    }
+    if json_to_stdout {
+        note!("{}", text.trim_end());
+    } else {
+        out!("{}", text.trim_end());
+    }
+    if let Some(path) = &args.faults.json {
+        let json = serde_json::to_string_pretty(&plan)? + "\n";
+        if json_to_stdout {
+            out!("{}", json.trim_end());
+        } else {
+            std::fs::write(path, json).with_context(|| format!("write {}", path.display()))?;
+        }
     }
     Ok(0)
 }

@@ -1,9 +1,22 @@
 //! The command line: argument definitions, dispatch, and the mapping of failures to the exit
-#![allow(
-    clippy::print_stdout,
-    reason = "the command line is what prints to stdout"
-)]
 //! status table.
+
+/// `println!` that does not panic when stdout is closed (`chaos-user doctor | head -1`): the
+/// session must still clean up and exit with its own status.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).ok();
+    }};
+}
+
+/// `eprintln!` that does not panic when stderr is closed.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stderr(), $($arg)*).ok();
+    }};
+}
 
 mod doctor;
 mod inject;
@@ -16,11 +29,11 @@ use std::{ffi::OsString, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    error::classify,
+    error::{UsageError, classify},
     spec::{FaultSpec, parse_duration, parse_fault},
 };
 
-/// Makes the network, the disk or the kernel say no to one cgroup, with eBPF.
+/// Fault injection for one cgroup, with eBPF: this version makes packets vanish (`loss`).
 #[derive(Debug, Parser)]
 #[command(
     name = "chaos-user",
@@ -57,7 +70,8 @@ Examples:
     #[command(after_help = "\
 Examples:
   sudo chaos-user run --fault loss:p=0.3,proto=icmp -- ping -c 20 127.0.0.1
-  sudo chaos-user run --fault loss:p=0.05,dir=egress --duration 10s --json out.json -- ./integration-tests
+  sudo chaos-user run --fault loss:p=0.05,dir=egress --duration 10s --json out.json \\
+       -- ./integration-tests
 
 The command keeps running when --duration ends first; only the faults are removed. Ctrl-C
 reaches the command; the summary goes to stderr.")]
@@ -111,7 +125,63 @@ impl FaultArgs {
             .as_deref()
             .map(|d| parse_duration("--duration", d))
             .transpose()?;
+        let rules = faults
+            .iter()
+            .filter(|f| matches!(f, FaultSpec::Loss(_)))
+            .count();
+        if rules > chaos_common::MAX_LOSS_RULES as usize {
+            return Err(UsageError {
+                message: format!(
+                    "{rules} loss faults given; a target holds at most {}",
+                    chaos_common::MAX_LOSS_RULES
+                ),
+                hint: Some("merge rules, or widen their filters".into()),
+            }
+            .into());
+        }
+        if let Some(path) = &self.json {
+            check_writable(path)?;
+        }
         Ok((faults, duration))
+    }
+}
+
+/// Fails now, before anything is attached, if the report could not be written at the end.
+/// Creates nothing: an existing file must be a writable regular file, a new one must have a
+/// writable folder.
+fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    let refuse = |why: String| -> anyhow::Result<()> {
+        Err(UsageError {
+            message: format!("--json {}: {why}", path.display()),
+            hint: Some("give a writable file path for the report".into()),
+        }
+        .into())
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => refuse("not a regular file".into()),
+        Ok(_) => match std::fs::OpenOptions::new().append(true).open(path) {
+            Ok(_) => Ok(()),
+            Err(e) => refuse(format!("cannot write there: {e}")),
+        },
+        Err(_) => {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+            if !parent.is_dir() {
+                return refuse(format!("folder {} does not exist", parent.display()));
+            }
+            use std::os::unix::ffi::OsStrExt as _;
+            let c = std::ffi::CString::new(parent.as_os_str().as_bytes())?;
+            // SAFETY: access(2) on a NUL-terminated path.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+                return refuse(format!("folder {} is not writable", parent.display()));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -160,16 +230,30 @@ pub fn main() -> i32 {
     let under_run = args.get(1).is_some_and(|a| a == "run");
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            return if e.print().is_ok() { 0 } else { 2 };
-        }
         Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("bad arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("chaos-user: error: {first} (see --help)");
-            return if under_run { 125 } else { 2 };
+            use clap::error::ErrorKind;
+            let status = if under_run { 125 } else { 2 };
+            match e.kind() {
+                // --help and --version.
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    e.print().ok();
+                    return 0;
+                }
+                // A bare `chaos-user`: the help is the clearest answer.
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                | ErrorKind::MissingSubcommand => {
+                    e.print().ok();
+                    return status;
+                }
+                _ => {
+                    let mut line = one_line(&e.render().to_string());
+                    if under_run && e.kind() == ErrorKind::UnknownArgument {
+                        line += "; the command goes after `--`";
+                    }
+                    note!("chaos-user: error: {line} (see --help)");
+                    return status;
+                }
+            }
         }
     };
     let result = match cli.command {
@@ -188,6 +272,28 @@ pub fn main() -> i32 {
     }
 }
 
+/// A clap error on one line: its first paragraph and its tips.
+fn one_line(rendered: &str) -> String {
+    let first: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let mut line = first.join(" ");
+    if let Some(rest) = line.strip_prefix("error: ") {
+        line = rest.to_string();
+    }
+    for tip in rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+    {
+        line += "; ";
+        line += tip;
+    }
+    line
+}
+
 /// Prints the whole chain on one line, the hint after it; a verifier log follows on its own
 /// lines because it cannot be shortened without losing the reason.
 fn print_error(err: &anyhow::Error, hint: Option<&str>) {
@@ -196,23 +302,37 @@ fn print_error(err: &anyhow::Error, hint: Option<&str>) {
     if let Some(hint) = hint {
         line += &format!(" ({hint})");
     }
-    eprintln!("chaos-user: error: {line}");
+    note!("chaos-user: error: {line}");
 }
 
 /// Warns about what dead sessions left behind; called at every start.
 fn report_leftovers() {
-    match crate::undo::leftovers() {
-        Ok(found) => {
-            for left in found {
-                for entry in &left.entries {
-                    eprintln!(
-                        "chaos-user: warning: a session that died (pid {}) left {entry}; \
-                         `chaos-user recover` undoes it",
-                        left.pid
-                    );
-                }
-            }
+    let found = match crate::undo::leftovers() {
+        Ok(found) => found,
+        Err(e) => {
+            note!("chaos-user: warning: cannot read the undo logs: {e:#}");
+            return;
         }
-        Err(e) => log::warn!("cannot read the undo logs: {e:#}"),
+    };
+    for left in found.leftovers {
+        for entry in &left.entries {
+            note!(
+                "chaos-user: warning: a session that died (pid {}) left {entry}; \
+                 `chaos-user recover` undoes it",
+                left.pid
+            );
+        }
+    }
+    warn_unreadable(&found.unreadable);
+}
+
+/// Names the files in the runtime directory that are not undo logs.
+fn warn_unreadable(unreadable: &[(PathBuf, String)]) {
+    for (file, why) in unreadable {
+        note!(
+            "chaos-user: warning: {} is not an undo log ({why}); remove it if chaos-user did not \
+             write it",
+            file.display()
+        );
     }
 }

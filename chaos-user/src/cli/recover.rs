@@ -5,9 +5,11 @@ use anyhow::Result;
 use crate::undo::{self, Outcome};
 
 pub(super) fn main() -> Result<i32> {
-    let leftovers = undo::leftovers()?;
+    let found = undo::leftovers()?;
+    super::warn_unreadable(&found.unreadable);
+    let leftovers = found.leftovers;
     if leftovers.is_empty() {
-        println!("nothing to recover in {}", undo::runtime_dir().display());
+        out!("nothing to recover in {}", undo::runtime_dir().display());
         return Ok(0);
     }
     let mut pending = 0;
@@ -16,19 +18,19 @@ pub(super) fn main() -> Result<i32> {
         // Newest first: a filter before the qdisc it sits in, anything before its cgroup.
         for entry in left.entries.iter().rev() {
             match undo::undo(entry) {
-                Ok(Outcome::Undone) => println!("removed {entry} (left by pid {})", left.pid),
+                Ok(Outcome::Undone) => out!("removed {entry} (left by pid {})", left.pid),
                 Ok(Outcome::AlreadyGone) => {
-                    println!("{entry} was already gone (left by pid {})", left.pid)
+                    out!("{entry} was already gone (left by pid {})", left.pid)
                 }
                 Ok(Outcome::Pending(why)) => {
-                    println!(
+                    out!(
                         "kept {entry} (left by pid {}): {why}; run recover again later",
                         left.pid
                     );
                     remaining.push(entry.clone());
                 }
                 Err(e) => {
-                    println!("could not undo {entry} (left by pid {}): {e:#}", left.pid);
+                    out!("could not undo {entry} (left by pid {}): {e:#}", left.pid);
                     remaining.push(entry.clone());
                 }
             }
@@ -38,7 +40,7 @@ pub(super) fn main() -> Result<i32> {
         undo::rewrite_leftover(left, remaining)?;
     }
     if pending > 0 {
-        eprintln!("chaos-user: {pending} item(s) could not be undone yet");
+        note!("chaos-user: {pending} item(s) could not be undone yet");
         return Ok(3);
     }
     Ok(0)

@@ -44,7 +44,7 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
             } else {
                 "not executable"
             };
-            eprintln!("chaos-user: {}: {what}", args.command[0].to_string_lossy());
+            note!("chaos-user: {}: {what}", args.command[0].to_string_lossy());
             return Ok(status);
         }
     };
@@ -53,7 +53,10 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
     loader::check_ready()?;
 
     let mut undo = UndoLog::new()?;
-    let path = mount.join(format!(
+    // Below chaos-user's own cgroup, so that the command stays under the limits its caller
+    // runs under.
+    let own = Cgroup::of_process(&mount, "self")?;
+    let path = own.path.join(format!(
         "{}{}",
         cgroup::RUN_CGROUP_PREFIX,
         std::process::id()
@@ -76,13 +79,13 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
     if !abandon {
         match undo.undo(&entry)? {
             Outcome::Undone | Outcome::AlreadyGone => {}
-            Outcome::Pending(why) => eprintln!(
+            Outcome::Pending(why) => note!(
                 "chaos-user: cgroup {} stays ({why}); `chaos-user recover` removes it later",
                 path.display()
             ),
         }
     } else {
-        eprintln!(
+        note!(
             "chaos-user: left cgroup {} with processes in it; `chaos-user recover` removes it once \
              they are gone",
             path.display()
@@ -108,7 +111,7 @@ fn run_in(
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
     let mut session = Some(Session::start(target.clone(), faults, deadline, undo)?);
     if let Some(s) = &session {
-        eprintln!(
+        note!(
             "chaos-user: injecting into cgroup {} ({}); starting {}",
             target.name,
             s.attachments().join(", "),
@@ -138,19 +141,27 @@ fn run_in(
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
-                let status = if e.kind() == ErrorKind::NotFound { 127 } else { 126 };
-                eprintln!("chaos-user: {}: {e}", program.display());
+                let status = if e.kind() == ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                };
+                // The file was found before: ENOENT now means its interpreter is missing.
+                let why = if status == 127 {
+                    " (is its #! interpreter missing?)"
+                } else {
+                    ""
+                };
+                note!("chaos-user: cannot run {}: {e}{why}", program.display());
                 return Ok((status, false));
             }
         };
         drop(procs);
         let child_pid = child.id().map(|p| p as i32);
-        let started = session.as_ref().map(Session::started).unwrap_or_else(std::time::SystemTime::now);
-        let attachments = session.as_ref().map(Session::attachments).unwrap_or_default();
         let end = duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut faults_report = None;
+        let mut stopped = None;
         let mut end_reason = EndReason::CommandExited;
         let status = loop {
             tokio::select! {
@@ -163,9 +174,9 @@ fn run_in(
                 () = sleep_until(end.unwrap_or_else(tokio::time::Instant::now)),
                     if end.is_some() && session.is_some() => {
                     if let Some(s) = session.take() {
-                        faults_report = Some(s.stop(undo)?);
+                        stopped = Some(s.stop(undo)?);
                         end_reason = EndReason::Duration;
-                        eprintln!("chaos-user: --duration ended; faults removed, the command runs on");
+                        note!("chaos-user: --duration ended; faults removed, the command runs on");
                     }
                 }
                 Some(sig) = signals.recv() => {
@@ -180,20 +191,30 @@ fn run_in(
                 }
             }
         };
-        let faults = match session.take() {
-            Some(s) => s.stop(undo)?,
-            None => faults_report.unwrap_or_default(),
+        let record = match (session.take(), stopped) {
+            (Some(s), _) => s.stop(undo)?,
+            (None, Some(record)) => record,
+            (None, None) => unreachable!("a session is stopped only at the end of --duration"),
         };
-        let exit_status = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        let mut report = Report::new("run", target.clone(), faults, attachments, started, end_reason);
+        let exit_status = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let mut report = Report::new("run", target.clone(), record, end_reason);
         report.run = Some(CommandReport {
-            argv: args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+            argv: args
+                .command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
             exit_status,
             signal: status.signal(),
         });
-        eprint!("{}", report.summary());
+        note!("{}", report.summary().trim_end());
         if let Some(path) = &args.faults.json {
-            report.write_json(path)?;
+            // The command's status matters more to the caller than the report.
+            if let Err(e) = report.write_json(path) {
+                note!("chaos-user: warning: {e:#}; the command's exit status stands");
+            }
         }
         let abandon = wait_until_empty(&target, &mut signals).await?;
         Ok((exit_status, abandon))
@@ -213,7 +234,7 @@ async fn wait_until_empty(
         }
         if round == 20 && !told {
             told = true;
-            eprintln!(
+            note!(
                 "chaos-user: waiting for processes the command left in cgroup {} (Ctrl-C to leave \
                  them)",
                 target.name
@@ -229,6 +250,9 @@ async fn wait_until_empty(
 
 /// Finds the program as execvp would; Err carries 127 (not found) or 126 (not executable).
 fn find_program(name: &OsString) -> Result<PathBuf, i32> {
+    if name.is_empty() {
+        return Err(127);
+    }
     let executable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt as _;
         fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

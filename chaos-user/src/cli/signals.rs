@@ -1,7 +1,9 @@
-//! SIGINT, SIGTERM and SIGHUP as a stream, each with whether the terminal sent it.
+//! The signals that would end chaos-user (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
+//! SIGALRM) as a stream, each with whether the terminal sent it, so that a session always
+//! cleans up.
 
 use signal_hook::{
-    consts::{SIGHUP, SIGINT, SIGTERM},
+    consts::{SIGALRM, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2},
     iterator::{SignalsInfo, exfiltrator::WithOrigin},
     low_level::siginfo::Cause,
 };
@@ -18,7 +20,9 @@ pub struct Received {
 
 /// Starts watching; the process no longer dies of these signals.
 pub fn watch() -> anyhow::Result<mpsc::UnboundedReceiver<Received>> {
-    let mut signals = SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM, SIGHUP])?;
+    let mut signals = SignalsInfo::<WithOrigin>::new([
+        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM,
+    ])?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("signals".into())
