@@ -174,71 +174,42 @@ impl Programs {
             loss_rules: rules.len() as u32,
             _pad: 0,
         };
-        let map = self
-            .ebpf
-            .map_mut("TARGET")
-            .ok_or(LoadError::Missing("map TARGET"))?;
-        let mut array: Array<_, Target> =
-            Array::try_from(map).map_err(|source| LoadError::Map {
-                op: "open",
-                map: "TARGET",
-                source,
-            })?;
-        array.set(0, record, 0).map_err(|source| LoadError::Map {
-            op: "write",
-            map: "TARGET",
-            source,
-        })
+        self.write("TARGET", &[record])
     }
 
     /// Makes every rule inert at once (the target record says none is live), so that counters
     /// read afterwards are final.
     pub fn disable(&mut self) -> Result<(), LoadError> {
-        let map = self
-            .ebpf
-            .map_mut("TARGET")
-            .ok_or(LoadError::Missing("map TARGET"))?;
-        let mut array: Array<_, Target> =
-            Array::try_from(map).map_err(|source| LoadError::Map {
-                op: "open",
-                map: "TARGET",
-                source,
-            })?;
-        let mut record = array.get(&0, 0).map_err(|source| LoadError::Map {
-            op: "read",
-            map: "TARGET",
-            source,
-        })?;
+        let mut array = self.array::<Target>("TARGET")?;
+        let mut record = array.get(&0, 0).map_err(map_error("read", "TARGET"))?;
         record.loss_rules = 0;
-        array.set(0, record, 0).map_err(|source| LoadError::Map {
-            op: "write",
-            map: "TARGET",
-            source,
-        })
+        array
+            .set(0, record, 0)
+            .map_err(map_error("write", "TARGET"))
     }
 
     /// Rewrites the rule records (to renew their deadlines).
     pub fn write_rules(&mut self, rules: &[LossRule]) -> Result<(), LoadError> {
-        let map = self
-            .ebpf
-            .map_mut("LOSS_RULES")
-            .ok_or(LoadError::Missing("map LOSS_RULES"))?;
-        let mut array: Array<_, LossRule> =
-            Array::try_from(map).map_err(|source| LoadError::Map {
-                op: "open",
-                map: "LOSS_RULES",
-                source,
-            })?;
-        for (i, rule) in rules.iter().enumerate() {
+        self.write("LOSS_RULES", rules)
+    }
+
+    /// Writes `values` at the start of an array map.
+    fn write<T: aya::Pod>(&mut self, name: &'static str, values: &[T]) -> Result<(), LoadError> {
+        let mut array = self.array::<T>(name)?;
+        for (i, value) in values.iter().enumerate() {
             array
-                .set(i as u32, *rule, 0)
-                .map_err(|source| LoadError::Map {
-                    op: "write",
-                    map: "LOSS_RULES",
-                    source,
-                })?;
+                .set(i as u32, *value, 0)
+                .map_err(map_error("write", name))?;
         }
         Ok(())
+    }
+
+    fn array<T: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Array<&mut aya::maps::MapData, T>, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))?;
+        Array::try_from(map).map_err(map_error("open", name))
     }
 
     /// Attaches the egress program to every interface not yet attached; returns the new ones.
@@ -305,22 +276,12 @@ impl Programs {
 
     /// Counters of rule `rule`, summed over CPUs: (egress, ingress).
     pub fn counters(&self, rule: u32) -> Result<(RuleCounters, RuleCounters), LoadError> {
-        let map = self
-            .ebpf
-            .map("LOSS_COUNTERS")
-            .ok_or(LoadError::Missing("map LOSS_COUNTERS"))?;
+        let name = "LOSS_COUNTERS";
+        let map = self.ebpf.map(name).ok_or(LoadError::Missing(name))?;
         let array: PerCpuArray<_, RuleCounters> =
-            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
-                op: "open",
-                map: "LOSS_COUNTERS",
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(map_error("open", name))?;
         let sum = |index: u32| -> Result<RuleCounters, LoadError> {
-            let values = array.get(&index, 0).map_err(|source| LoadError::Map {
-                op: "read",
-                map: "LOSS_COUNTERS",
-                source,
-            })?;
+            let values = array.get(&index, 0).map_err(map_error("read", name))?;
             Ok(values
                 .iter()
                 .fold(RuleCounters::default(), |acc, v| RuleCounters {
@@ -335,6 +296,10 @@ impl Programs {
             sum(rule * 2 + COUNTER_INGRESS)?,
         ))
     }
+}
+
+fn map_error(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> LoadError {
+    move |source| LoadError::Map { op, map, source }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>

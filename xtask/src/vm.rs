@@ -107,7 +107,15 @@ impl Guest {
         let (kernel, version) = guest_kernel()?;
         let cache = root().join(".tools/vm");
         fs::create_dir_all(&cache)?;
-        let initramfs = cache.join(format!("initramfs-{version}.cpio.gz"));
+        // Named by the init script too, so that a changed script builds a new one.
+        let script = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::hash::DefaultHasher::new();
+            INIT.hash(&mut hasher);
+            MODULES.hash(&mut hasher);
+            hasher.finish()
+        };
+        let initramfs = cache.join(format!("initramfs-{version}-{script:016x}.cpio.gz"));
         if !initramfs.exists() {
             build_initramfs(&version, &initramfs)?;
         }
@@ -405,7 +413,9 @@ for d in tmp run var/tmp var/lib var/log root; do mount -t tmpfs tmpfs /newroot/
 mkdir -p /newroot/run/chaos-vm
 mount -t 9p -o $o ctl /newroot/run/chaos-vm || fail "cannot mount the control folder"
 work=$(cat /newroot/run/chaos-vm/workdir)
-mount -t 9p -o $o work /newroot$work || fail "cannot mount the work tree"
+# A work tree below one of the tmpfs folders (a clone in /tmp) needs its mount point made there.
+mkdir -p /newroot$work 2>/dev/null
+mount -t 9p -o $o work /newroot$work || fail "cannot mount the work tree at $work"
 exec switch_root /newroot /bin/sh /run/chaos-vm/stage2
 "#;
 
