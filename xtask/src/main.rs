@@ -52,7 +52,9 @@ enum Task {
     /// Set up, build, and show loss on a real workload in a fresh cgroup next to the same
     /// workload outside it.
     Demo,
-    /// Run a command as root in a guest booting Debian's packaged kernel (the VM lane).
+    /// Run a command as root in a guest booting Debian's packaged kernel (the VM lane). Exits
+    /// with the command's status, or 124 when the guest timed out, 125 when it broke, 130 when
+    /// interrupted.
     Vm(vm::Args),
     /// Runs privileged test binaries as root, each test in its own cgroup (used by `test`).
     #[command(hide = true)]
@@ -89,7 +91,10 @@ fn main() {
         Ok(status) => std::process::exit(status),
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
-            std::process::exit(1);
+            let status = e
+                .downcast_ref::<vm::GuestError>()
+                .map_or(1, vm::GuestError::exit_status);
+            std::process::exit(status);
         }
     }
 }

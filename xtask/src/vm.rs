@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::util::{self, root, warn_on_err};
 
@@ -56,6 +56,41 @@ const MODULES: &[&str] = &[
 const START_MARKER: &str = "chaos-vm: running the command";
 /// Printed by the guest after the command; what follows is the power-off.
 const END_MARKER: &str = "chaos-vm: the command finished";
+
+/// Why a guest did not run its command to the end.
+#[derive(Debug)]
+pub enum GuestError {
+    /// SIGINT, SIGTERM or SIGHUP reached xtask; qemu was killed.
+    Interrupted,
+    /// The guest outlived its timeout; qemu was killed.
+    TimedOut(u64),
+    /// The guest stopped before the command finished (a boot failure, a kernel panic).
+    Broken,
+}
+
+impl std::fmt::Display for GuestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestError::Interrupted => f.write_str("the guest was interrupted"),
+            GuestError::TimedOut(s) => write!(f, "the guest timed out after {s}s"),
+            GuestError::Broken => f.write_str("the guest stopped before the command finished"),
+        }
+    }
+}
+
+impl std::error::Error for GuestError {}
+
+impl GuestError {
+    /// The status of `cargo xtask vm` for this failure, apart from any command's own:
+    /// 130 interrupted, 124 timed out (as timeout(1)), 125 a broken guest.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            GuestError::Interrupted => 130,
+            GuestError::TimedOut(_) => 124,
+            GuestError::Broken => 125,
+        }
+    }
+}
 
 /// How cgroup2 is mounted in the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -129,37 +164,49 @@ impl Guest {
     }
 
     /// KVM only where it really runs the guest: tried once, the answer kept in `.tools/vm`.
+    /// Only an answer that a working boot proved is kept.
     fn decide_accel(&self, cache: &Path) -> Result<&'static str> {
         let remembered = cache.join("accel");
         if let Ok(text) = fs::read_to_string(&remembered) {
             return Ok(if text.trim() == "kvm" { "kvm" } else { "tcg" });
         }
-        let mut accel = "tcg";
-        if fs::OpenOptions::new()
+        let kvm = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/kvm")
-            .is_ok()
-        {
+            .is_ok();
+        let mut chosen = None;
+        for accel in if kvm {
+            ["kvm", "tcg"].as_slice()
+        } else {
+            ["tcg"].as_slice()
+        } {
+            eprintln!("xtask: trying a guest under {accel} once (at most 40 s)");
             let trial = Guest {
                 kernel: self.kernel.clone(),
                 initramfs: self.initramfs.clone(),
-                accel: "kvm",
+                accel,
             };
             let quiet = true;
-            if trial
-                .boot(
-                    &["true".to_string()],
-                    None,
-                    CgroupLayout::Hybrid,
-                    Duration::from_secs(40),
-                    quiet,
-                )
-                .is_ok_and(|status| status == 0)
-            {
-                accel = "kvm";
+            let command = ["true".to_string()];
+            match trial.boot(
+                &command,
+                None,
+                CgroupLayout::Hybrid,
+                Duration::from_secs(40),
+                quiet,
+            ) {
+                Ok(0) => {
+                    chosen = Some(accel);
+                    break;
+                }
+                Err(e) if matches!(e.downcast_ref(), Some(GuestError::Interrupted)) => {
+                    return Err(e);
+                }
+                _ => {}
             }
         }
+        let accel = chosen.context("the guest boots under neither KVM nor TCG")?;
         eprintln!(
             "xtask: the guest runs under {accel} (kept in {})",
             remembered.display()
@@ -243,12 +290,24 @@ impl Guest {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+        // SAFETY: prctl(2) between fork and exec changes only the child: should xtask die
+        // without killing it (SIGKILL), the kernel kills qemu, which has no timeout of its own.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            qemu.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = qemu.spawn().context("start qemu-system-x86_64")?;
         let pid = child.id();
 
         let interrupted = Arc::new(AtomicBool::new(false));
         let mut registered = Vec::new();
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
             registered.push(signal_hook::flag::register(signal, interrupted.clone())?);
         }
 
@@ -289,9 +348,9 @@ impl Guest {
                 break Some(status);
             }
             if interrupted.load(Ordering::Relaxed) {
-                ended_by = Some("interrupted");
+                ended_by = Some(GuestError::Interrupted);
             } else if begun.elapsed() > timeout {
-                ended_by = Some("timed out");
+                ended_by = Some(GuestError::TimedOut(timeout.as_secs()));
             }
             if ended_by.is_some() {
                 warn_on_err(child.kill(), format!("kill qemu (pid {pid})"));
@@ -307,12 +366,9 @@ impl Guest {
         let qemu_err = err_reader.join().expect("the stderr reader");
         if let Some(why) = ended_by {
             if !quiet {
-                eprintln!(
-                    "xtask: the guest {why} after {}s; qemu (pid {pid}) killed",
-                    begun.elapsed().as_secs()
-                );
+                eprintln!("xtask: {why}; qemu (pid {pid}) killed");
             }
-            bail!("the guest {why}");
+            return Err(why.into());
         }
         let exit = fs::read_to_string(ctl.join("exit"))
             .ok()
@@ -321,17 +377,25 @@ impl Guest {
             Some(code) => Ok(code),
             None => {
                 if !quiet {
-                    eprintln!("xtask: the guest stopped ({status:?}) before the command finished");
+                    let status = status.map(|s| s.to_string()).unwrap_or_default();
+                    eprintln!(
+                        "xtask: the guest stopped (qemu: {status}) before the command finished"
+                    );
                     if !started {
                         for line in boot.iter().chain(&qemu_err) {
-                            eprintln!("  {line}");
+                            eprintln!("  {}", printable(line));
                         }
                     }
                 }
-                bail!("the guest stopped before the command finished")
+                Err(GuestError::Broken.into())
             }
         }
     }
+}
+
+/// A console line without control characters (SeaBIOS resets the terminal otherwise).
+fn printable(line: &str) -> String {
+    line.chars().filter(|c| !c.is_control()).collect()
 }
 
 /// The newest packaged kernel whose modules include what the initramfs needs.
@@ -349,7 +413,12 @@ fn guest_kernel() -> Result<(PathBuf, String)> {
             }
         }
     }
-    found.sort();
+    // Numbers compare as numbers: 6.1.0-57 is newer than 6.1.0-9.
+    found.sort_by_key(|v| {
+        v.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .collect::<Vec<_>>()
+    });
     let version = found.pop().context(
         "no packaged kernel with 9p modules in /boot; `apt-get install linux-image-amd64`",
     )?;
@@ -374,7 +443,8 @@ fn build_initramfs(version: &str, out: &Path) -> Result<()> {
     fs::write(&init, INIT.replace("@MODULES@", &MODULES.join(" ")))?;
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
-    let partial = out.with_extension("partial");
+    // A name of its own: two first runs at once must not write the same file.
+    let partial = out.with_extension(format!("partial-{}", std::process::id()));
     let script = format!(
         "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
         tree.display(),
@@ -428,7 +498,8 @@ fn stage2(cgroup: CgroupLayout) -> String {
         }
         CgroupLayout::V2 => {
             "mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
-             echo '+cpu +memory +io +pids' > /sys/fs/cgroup/cgroup.subtree_control\n"
+             echo '+cpu +memory +io +pids' > /sys/fs/cgroup/cgroup.subtree_control \\\n\
+             || echo 'chaos-vm: cannot enable the cgroup controllers'\n"
         }
     };
     format!(
@@ -448,7 +519,7 @@ cd "$(cat /run/chaos-vm/workdir)"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 . /run/chaos-vm/env
 echo "{START_MARKER}"
-sh /run/chaos-vm/cmd
+sh /run/chaos-vm/cmd < /dev/null
 echo $? > /run/chaos-vm/exit
 echo "{END_MARKER}"
 sync
