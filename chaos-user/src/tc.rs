@@ -14,8 +14,10 @@ use chaos_common::{VERDICT_REDIRECT_NOWHERE, VERDICT_STOLEN};
 
 use crate::undo::{Entry, Outcome, UndoLog};
 
-/// First tc priority tried for a filter; later ones when another session holds it.
-const FIRST_PRIORITY: u16 = 0x4300;
+/// First tc priority tried for a filter; later ones when another holds it. Filters run in
+/// priority order and one that returns a verdict ends the walk, so a fault goes first: ours
+/// returns "no verdict" for every packet it does not drop, and the others still run.
+const FIRST_PRIORITY: u16 = 1;
 const PRIORITY_TRIES: u16 = 64;
 const FILTER_HANDLE: u32 = 1;
 
@@ -62,7 +64,8 @@ pub fn attach(
     undo: &mut UndoLog,
 ) -> Result<()> {
     if mode == Mode::Tcx {
-        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        // First, for the same reason as the filter priority below.
+        let options = TcAttachOptions::TcxOrder(LinkOrder::first());
         prog.attach_with_options(interface, TcAttachType::Egress, options)?;
         return Ok(());
     }

@@ -9,7 +9,7 @@ use std::{
 
 use chaos_tests::{
     Injector, TestCgroup, UdpCounter, chaos_user, our_programs_loaded, programs_left_after,
-    root_or_skip, run, run_cgroups, udp_send, undo_logs,
+    root_or_skip, run, run_cgroups, skip, udp_send, undo_logs,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_chaos-probe");
@@ -374,4 +374,61 @@ fn closed_output_does_not_stop_the_clean_up() {
     );
     assert!(run_cgroups().is_empty(), "no cgroup left");
     assert!(undo_logs().is_empty(), "no undo log left");
+}
+
+#[test]
+fn a_clsact_qdisc_already_there_is_left_alone() {
+    if !root_or_skip() {
+        return;
+    }
+    if chaos_user::loader::has_tcx() {
+        skip("this kernel has tcx (6.6+): the clsact path is for older kernels");
+        return;
+    }
+    let tc = |args: &[&str]| {
+        let (status, _, stderr) = run(Command::new("tc").args(args));
+        assert!(status.success(), "tc {args:?}: {stderr}");
+    };
+    tc(&["qdisc", "add", "dev", "lo", "clsact"]);
+    tc(&[
+        "filter", "add", "dev", "lo", "egress", "prio", "7", "matchall", "action", "pass",
+    ]);
+    let ours_intact = || {
+        let (_, filters, _) =
+            run(Command::new("tc").args(["filter", "show", "dev", "lo", "egress"]));
+        has_clsact("lo") && filters.contains("matchall") && !filters.contains("loss_egress")
+    };
+    let target = TestCgroup::new("target");
+
+    let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", "loss:p=1"]);
+    let rx = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&target), &rx.addr(), 100);
+    assert_eq!(
+        rx.finish(),
+        0,
+        "loss works beside a filter of someone else's"
+    );
+    assert!(injector.interrupt().0.success());
+    assert!(
+        ours_intact(),
+        "a clean exit leaves the qdisc and the other filter"
+    );
+
+    let mut injector =
+        Injector::start(&["inject", "--cgroup", &target.name, "--fault", "loss:p=1"]);
+    injector.signal(libc::SIGKILL);
+    injector.wait();
+    let (status, stdout, _) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "{stdout}");
+    assert!(
+        ours_intact(),
+        "recover removes only its own filter: {stdout}"
+    );
+    assert!(
+        !stdout.contains("clsact qdisc"),
+        "the qdisc was not chaos-user's: {stdout}"
+    );
+
+    tc(&["qdisc", "del", "dev", "lo", "clsact"]);
+    assert!(programs_left_after(Duration::from_secs(2)).is_empty());
 }
