@@ -2,7 +2,7 @@
 //! qdisc with a netlink filter. A tcx link dies with the process; a filter and a qdisc do not,
 //! so they are written to the undo log before they are made.
 
-use std::{io, process::Command};
+use std::process::Command;
 
 use anyhow::{Context, Result};
 use aya::programs::{
@@ -76,19 +76,30 @@ pub fn attach(
     undo.push(qdisc.clone())?;
     match tc::qdisc_add_clsact(interface) {
         Ok(()) => {}
-        // Someone else's clsact: use it, and leave it be.
-        Err(e) if tc_errno(&e) == Some(libc::EEXIST) => undo.forget(&qdisc)?,
+        // Someone else's clsact: use it, and leave it be. An `ingress` qdisc holds the same
+        // place but has no egress hook: a filter there would never see an outgoing packet.
+        Err(e) if tc_errno(&e) == Some(libc::EEXIST) => {
+            undo.forget(&qdisc)?;
+            anyhow::ensure!(
+                has_clsact(interface)?,
+                "{interface} has an `ingress` qdisc, which has no egress hook; egress loss needs \
+                 a clsact qdisc there (`tc qdisc del dev {interface} ingress`, then \
+                 `tc qdisc add dev {interface} clsact` and re-add your ingress filters)"
+            );
+        }
         Err(e) => {
             undo.forget(&qdisc)?;
             return Err(e).with_context(|| format!("add a clsact qdisc to {interface}"));
         }
     }
 
+    let program_id = prog.info()?.id();
     for priority in FIRST_PRIORITY..FIRST_PRIORITY + PRIORITY_TRIES {
         let filter = Entry::TcFilter {
             interface: interface.to_string(),
             priority,
             handle: FILTER_HANDLE,
+            program_id,
         };
         undo.push(filter.clone())?;
         let options = TcAttachOptions::Netlink(NlOptions {
@@ -109,24 +120,35 @@ pub fn attach(
     anyhow::bail!("every tc priority from {FIRST_PRIORITY} on {interface} is taken")
 }
 
-/// Removes a filter that a dead session left.
-pub fn undo_filter(interface: &str, priority: u16, handle: u32) -> Result<Outcome> {
+/// Removes a filter that a dead session left, if it is still the one that runs its program.
+pub fn undo_filter(
+    interface: &str,
+    priority: u16,
+    handle: u32,
+    program_id: u32,
+) -> Result<Outcome> {
     // Without its qdisc (or its interface) the filter is gone too.
     if !has_clsact(interface)? {
         return Ok(Outcome::AlreadyGone);
     }
-    let link = match SchedClassifierLink::attached(
+    let ours = egress_filters(interface)?.iter().any(|f| {
+        f.pref == priority
+            && f.options.as_ref().is_some_and(|o| {
+                o.handle.as_deref().and_then(parse_handle) == Some(handle)
+                    && o.prog.as_ref().is_some_and(|p| p.id == program_id)
+            })
+    });
+    if !ours {
+        return Ok(Outcome::AlreadyGone);
+    }
+    let link = SchedClassifierLink::attached(
         interface,
         TcAttachType::Egress,
         priority,
         TcHandle::from(handle),
         None,
-    ) {
-        Ok(link) => link,
-        // The interface is gone, and its filters with it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Outcome::AlreadyGone),
-        Err(e) => return Err(e).with_context(|| format!("find interface {interface}")),
-    };
+    )
+    .with_context(|| format!("find interface {interface}"))?;
     match link.detach() {
         Ok(()) => Ok(Outcome::Undone),
         Err(e) if program_errno(&e) == Some(libc::ENOENT) => Ok(Outcome::AlreadyGone),
@@ -134,10 +156,59 @@ pub fn undo_filter(interface: &str, priority: u16, handle: u32) -> Result<Outcom
     }
 }
 
+/// One filter as `tc -json filter show` prints it.
+#[derive(serde::Deserialize)]
+struct ShownFilter {
+    pref: u16,
+    options: Option<ShownOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShownOptions {
+    handle: Option<String>,
+    prog: Option<ShownProgram>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShownProgram {
+    id: u32,
+}
+
+fn parse_handle(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+}
+
+/// The filters of one direction of an interface's clsact qdisc (through iproute2's `tc`: aya
+/// cannot list them).
+fn filters(interface: &str, direction: &str) -> Result<Vec<ShownFilter>> {
+    let out = Command::new("tc")
+        .args(["-json", "filter", "show", "dev", interface, direction])
+        .output()
+        .context("run `tc` (iproute2) to list filters")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tc filter show dev {interface} {direction}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&text).context("parse the output of `tc -json filter show`")
+}
+
+fn egress_filters(interface: &str) -> Result<Vec<ShownFilter>> {
+    filters(interface, "egress")
+}
+
 /// Removes a clsact qdisc that a session created (with iproute2's `tc`: aya has no call for it).
+/// Filters of others (another session's, or added since) keep it: it is theirs now.
 pub fn undo_qdisc(interface: &str) -> Result<Outcome> {
     if !has_clsact(interface)? {
         return Ok(Outcome::AlreadyGone);
+    }
+    if !egress_filters(interface)?.is_empty() || !filters(interface, "ingress")?.is_empty() {
+        return Ok(Outcome::Kept("other filters use it now".into()));
     }
     let status = Command::new("tc")
         .args(["qdisc", "del", "dev", interface, "clsact"])

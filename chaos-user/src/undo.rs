@@ -32,6 +32,9 @@ pub enum Entry {
         interface: String,
         priority: u16,
         handle: u32,
+        /// The id of the program the filter runs, so that a filter another session made later
+        /// at the same place is never taken for this one.
+        program_id: u32,
     },
     /// A clsact qdisc that the session added to an interface (kernels without tcx).
     ClsactQdisc { interface: String },
@@ -45,6 +48,7 @@ impl std::fmt::Display for Entry {
                 interface,
                 priority,
                 handle,
+                ..
             } => {
                 write!(
                     f,
@@ -63,6 +67,8 @@ pub enum Outcome {
     Undone,
     /// Nothing was left to undo.
     AlreadyGone,
+    /// Left in place on purpose, no longer this session's to remove; the reason says why.
+    Kept(String),
     /// Cannot be undone yet; the reason says what it waits for.
     Pending(String),
 }
@@ -91,7 +97,8 @@ pub fn undo(entry: &Entry) -> Result<Outcome> {
             interface,
             priority,
             handle,
-        } => crate::tc::undo_filter(interface, *priority, *handle),
+            program_id,
+        } => crate::tc::undo_filter(interface, *priority, *handle, *program_id),
         Entry::ClsactQdisc { interface } => crate::tc::undo_qdisc(interface),
     }
 }

@@ -71,8 +71,10 @@ pub enum GuestError {
 impl std::fmt::Display for GuestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GuestError::Interrupted => f.write_str("the guest was interrupted"),
-            GuestError::TimedOut(s) => write!(f, "the guest timed out after {s}s"),
+            GuestError::Interrupted => f.write_str("the guest was interrupted; qemu was stopped"),
+            GuestError::TimedOut(s) => {
+                write!(f, "the guest timed out after {s}s; qemu was stopped")
+            }
             GuestError::Broken => f.write_str("the guest stopped before the command finished"),
         }
     }
@@ -110,7 +112,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "hybrid")]
     pub cgroup: CgroupLayout,
     /// Seconds before a guest that has not finished is killed.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
     /// The command to run as root in the guest, in the work tree.
     #[arg(last = true, required = true)]
@@ -164,49 +166,34 @@ impl Guest {
     }
 
     /// KVM only where it really runs the guest: tried once, the answer kept in `.tools/vm`.
-    /// Only an answer that a working boot proved is kept.
     fn decide_accel(&self, cache: &Path) -> Result<&'static str> {
         let remembered = cache.join("accel");
         if let Ok(text) = fs::read_to_string(&remembered) {
             return Ok(if text.trim() == "kvm" { "kvm" } else { "tcg" });
         }
-        let kvm = fs::OpenOptions::new()
+        let mut accel = "tcg";
+        if fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/kvm")
-            .is_ok();
-        let mut chosen = None;
-        for accel in if kvm {
-            ["kvm", "tcg"].as_slice()
-        } else {
-            ["tcg"].as_slice()
-        } {
-            eprintln!("xtask: trying a guest under {accel} once (at most 40 s)");
+            .is_ok()
+        {
+            eprintln!("xtask: trying the guest under KVM once (at most 30 s)");
             let trial = Guest {
                 kernel: self.kernel.clone(),
                 initramfs: self.initramfs.clone(),
-                accel,
+                accel: "kvm",
             };
-            let quiet = true;
             let command = ["true".to_string()];
-            match trial.boot(
-                &command,
-                None,
-                CgroupLayout::Hybrid,
-                Duration::from_secs(40),
-                quiet,
-            ) {
-                Ok(0) => {
-                    chosen = Some(accel);
-                    break;
-                }
+            let timeout = Duration::from_secs(30);
+            match trial.boot(&command, None, CgroupLayout::Hybrid, timeout, true) {
+                Ok(0) => accel = "kvm",
                 Err(e) if matches!(e.downcast_ref(), Some(GuestError::Interrupted)) => {
                     return Err(e);
                 }
-                _ => {}
+                Ok(_) | Err(_) => {}
             }
         }
-        let accel = chosen.context("the guest boots under neither KVM nor TCG")?;
         eprintln!(
             "xtask: the guest runs under {accel} (kept in {})",
             remembered.display()
@@ -244,7 +231,15 @@ impl Guest {
         fs::create_dir(&ctl)?;
         let work = root();
         fs::write(ctl.join("workdir"), format!("{}\n", work.display()))?;
-        fs::write(ctl.join("stage2"), stage2(cgroup))?;
+        // Markers no command prints by chance.
+        let nonce = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        fs::write(ctl.join("stage2"), stage2(cgroup, &nonce))?;
         fs::write(ctl.join("cmd"), format!("{}\n", shell_words(command)))?;
         fs::write(ctl.join("env"), passed_env())?;
 
@@ -294,6 +289,9 @@ impl Guest {
         // without killing it (SIGKILL), the kernel kills qemu, which has no timeout of its own.
         unsafe {
             use std::os::unix::process::CommandExt as _;
+            // Its own process group: a terminal's Ctrl-C reaches xtask, which stops qemu and
+            // says so, instead of qemu quitting on its own as if the guest had broken.
+            qemu.process_group(0);
             qemu.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -319,23 +317,31 @@ impl Guest {
                 .map_while(Result::ok)
                 .collect::<Vec<String>>()
         });
+        let (start, end) = (
+            format!("{START_MARKER} {nonce}"),
+            format!("{END_MARKER} {nonce}"),
+        );
         let out_reader = std::thread::spawn(move || {
             let mut boot = Vec::new();
             let mut started = false;
             let mut finished = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Bytes, not UTF-8 lines: the command may print anything, and a last line may lack
+            // its newline.
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches('\r');
                 if finished {
                     continue;
-                } else if line.contains(END_MARKER) {
+                } else if line == end {
                     finished = true;
                 } else if started {
                     if !quiet {
                         println!("{line}");
                     }
-                } else if line.contains(START_MARKER) {
+                } else if line == start {
                     started = true;
                 } else {
-                    boot.push(line);
+                    boot.push(line.to_string());
                 }
             }
             (started, boot)
@@ -345,6 +351,9 @@ impl Guest {
         let mut ended_by = None;
         let status = loop {
             if let Some(status) = child.try_wait()? {
+                if interrupted.load(Ordering::Relaxed) {
+                    ended_by = Some(GuestError::Interrupted);
+                }
                 break Some(status);
             }
             if interrupted.load(Ordering::Relaxed) {
@@ -365,9 +374,6 @@ impl Guest {
         let (started, boot) = out_reader.join().expect("the console reader");
         let qemu_err = err_reader.join().expect("the stderr reader");
         if let Some(why) = ended_by {
-            if !quiet {
-                eprintln!("xtask: {why}; qemu (pid {pid}) killed");
-            }
             return Err(why.into());
         }
         let exit = fs::read_to_string(ctl.join("exit"))
@@ -484,13 +490,13 @@ mkdir -p /newroot/run/chaos-vm
 mount -t 9p -o $o ctl /newroot/run/chaos-vm || fail "cannot mount the control folder"
 work=$(cat /newroot/run/chaos-vm/workdir)
 # A work tree below one of the tmpfs folders (a clone in /tmp) needs its mount point made there.
-mkdir -p /newroot$work 2>/dev/null
-mount -t 9p -o $o work /newroot$work || fail "cannot mount the work tree at $work"
+mkdir -p "/newroot$work" 2>/dev/null
+mount -t 9p -o $o work "/newroot$work" || fail "cannot mount the work tree at $work"
 exec switch_root /newroot /bin/sh /run/chaos-vm/stage2
 "#;
 
 /// The second stage, in the host's root: kernel file systems, cgroup2, the command.
-fn stage2(cgroup: CgroupLayout) -> String {
+fn stage2(cgroup: CgroupLayout, nonce: &str) -> String {
     let cgroup = match cgroup {
         CgroupLayout::Hybrid => {
             "mount -t tmpfs cgroup /sys/fs/cgroup\nmkdir /sys/fs/cgroup/unified\n\
@@ -518,10 +524,10 @@ hostname chaos-vm
 cd "$(cat /run/chaos-vm/workdir)"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 . /run/chaos-vm/env
-echo "{START_MARKER}"
+printf '\n%s\n' "{START_MARKER} {nonce}"
 sh /run/chaos-vm/cmd < /dev/null
 echo $? > /run/chaos-vm/exit
-echo "{END_MARKER}"
+printf '\n%s\n' "{END_MARKER} {nonce}"
 sync
 echo o > /proc/sysrq-trigger
 sleep 10
@@ -533,7 +539,9 @@ sleep 10
 fn passed_env() -> String {
     let mut out = String::new();
     for (key, value) in std::env::vars() {
-        let passed = key.starts_with("CHAOS_") || key == "RUST_LOG" || key == "RUST_BACKTRACE";
+        let shell_name = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let passed = shell_name
+            && (key.starts_with("CHAOS_") || key == "RUST_LOG" || key == "RUST_BACKTRACE");
         if passed {
             out += &format!("export {key}={}\n", shell_quote(&value));
         }

@@ -22,6 +22,9 @@ pub(super) fn main() -> Result<i32> {
                 Ok(Outcome::AlreadyGone) => {
                     out!("{entry} was already gone (left by pid {})", left.pid)
                 }
+                Ok(Outcome::Kept(why)) => {
+                    out!("left {entry} in place (from pid {}): {why}", left.pid);
+                }
                 Ok(Outcome::Pending(why)) => {
                     out!(
                         "kept {entry} (left by pid {}): {why}; run recover again later",

@@ -78,7 +78,7 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
     };
     if !abandon {
         match undo.undo(&entry)? {
-            Outcome::Undone | Outcome::AlreadyGone => {}
+            Outcome::Undone | Outcome::AlreadyGone | Outcome::Kept(_) => {}
             Outcome::Pending(why) => note!(
                 "chaos-user: cgroup {} stays ({why}); `chaos-user recover` removes it later",
                 path.display()
