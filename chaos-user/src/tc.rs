@@ -134,7 +134,7 @@ pub fn undo_filter(
     let ours = egress_filters(interface)?.iter().any(|f| {
         f.pref == priority
             && f.options.as_ref().is_some_and(|o| {
-                o.handle.as_deref().and_then(parse_handle) == Some(handle)
+                o.handle.as_ref().and_then(parse_handle) == Some(handle)
                     && o.prog.as_ref().is_some_and(|p| p.id == program_id)
             })
     });
@@ -165,7 +165,8 @@ struct ShownFilter {
 
 #[derive(serde::Deserialize)]
 struct ShownOptions {
-    handle: Option<String>,
+    /// `"0x1"` from some versions of iproute2, `1` from others.
+    handle: Option<serde_json::Value>,
     prog: Option<ShownProgram>,
 }
 
@@ -174,8 +175,13 @@ struct ShownProgram {
     id: u32,
 }
 
-fn parse_handle(text: &str) -> Option<u32> {
-    u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+fn parse_handle(value: &serde_json::Value) -> Option<u32> {
+    match value {
+        serde_json::Value::String(text) => {
+            u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+        }
+        other => other.as_u64().and_then(|n| u32::try_from(n).ok()),
+    }
 }
 
 /// The filters of one direction of an interface's clsact qdisc (through iproute2's `tc`: aya
@@ -245,5 +251,33 @@ fn program_errno(e: &ProgramError) -> Option<i32> {
         ProgramError::NetlinkError(n) => n.raw_os_error(),
         ProgramError::IOError(io) => io.raw_os_error(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_tc_json_of_either_iproute2() {
+        let text = r#"[{"protocol":"all","pref":1,"kind":"bpf","chain":0},
+            {"protocol":"all","pref":1,"kind":"bpf","chain":0,"options":{"handle":"0x1",
+             "bpf_name":"loss_egress","prog":{"id":5,"name":"loss_egress"}}},
+            {"protocol":"all","pref":7,"kind":"matchall","chain":0,"options":{"handle":1}}]"#;
+        let shown: Vec<ShownFilter> = serde_json::from_str(text).unwrap();
+        let handles: Vec<Option<u32>> = shown
+            .iter()
+            .map(|f| {
+                f.options
+                    .as_ref()
+                    .and_then(|o| o.handle.as_ref())
+                    .and_then(parse_handle)
+            })
+            .collect();
+        assert_eq!(handles, [None, Some(1), Some(1)]);
+        assert_eq!(
+            shown[1].options.as_ref().unwrap().prog.as_ref().unwrap().id,
+            5
+        );
     }
 }

@@ -432,3 +432,37 @@ fn a_clsact_qdisc_already_there_is_left_alone() {
     tc(&["qdisc", "del", "dev", "lo", "clsact"]);
     assert!(programs_left_after(Duration::from_secs(2)).is_empty());
 }
+
+#[test]
+fn two_sessions_stop_independently() {
+    if !root_or_skip() {
+        return;
+    }
+    let (a, b) = (TestCgroup::new("a"), TestCgroup::new("b"));
+    let egress = "loss:p=1,dir=egress";
+    let first = Injector::start(&["inject", "--cgroup", &a.name, "--fault", egress]);
+    let second = Injector::start(&["inject", "--cgroup", &b.name, "--fault", egress]);
+    // The first session made the clsact qdisc (before 6.6) that the second's filter sits in.
+    assert!(first.interrupt().0.success());
+
+    let from_b = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&b), &from_b.addr(), 200);
+    assert_eq!(
+        from_b.finish(),
+        0,
+        "the second session still loses its target's packets"
+    );
+    let from_a = UdpCounter::start();
+    udp_send(Path::new(PROBE), Some(&a), &from_a.addr(), 200);
+    assert_eq!(from_a.finish(), 200, "the first session's target is free");
+
+    let (status, lines) = second.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(programs_left_after(Duration::from_secs(2)).is_empty());
+    assert!(undo_logs().is_empty());
+    if has_clsact("lo") {
+        // Neither session may remove a qdisc that another's filter used when it left; an empty
+        // one stays (README, limits).
+        run(Command::new("tc").args(["qdisc", "del", "dev", "lo", "clsact"]));
+    }
+}

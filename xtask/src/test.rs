@@ -32,6 +32,7 @@ const GUEST_TESTS: &[&str] = &[
     "bad_targets",
     "doctor_tells_the_truth",
     "a_clsact_qdisc_already_there_is_left_alone",
+    "two_sessions_stop_independently",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
