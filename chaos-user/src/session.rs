@@ -142,11 +142,6 @@ impl Session {
         &self.target
     }
 
-    /// When the programs were attached.
-    pub fn started(&self) -> SystemTime {
-        self.started
-    }
-
     /// Where the programs are attached.
     pub fn attachments(&self) -> Vec<String> {
         self.programs.attachments()

@@ -2,10 +2,7 @@
 //! process dies is written here first, so that `chaos-user recover` (or the next start) can
 //! undo what a killed session left.
 
-use std::{
-    fs, io,
-    path::{Path, PathBuf},
-};
+use std::{fs, io, path::PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -175,16 +172,6 @@ impl UndoLog {
             }
         }
         Ok(pending)
-    }
-
-    /// The entries not yet undone.
-    pub fn entries(&self) -> &[Entry] {
-        &self.record.entries
-    }
-
-    /// The file this log lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn write(&self) -> Result<()> {
