@@ -6,7 +6,7 @@
 //! never fail closed by accident.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_STOLEN, TC_ACT_UNSPEC, __sk_buff, bpf_hdr_start_off::BPF_HDR_START_NET},
+    bindings::{__sk_buff, TC_ACT_STOLEN, TC_ACT_UNSPEC, bpf_hdr_start_off::BPF_HDR_START_NET},
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id,
         bpf_skb_load_bytes_relative,
@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use chaos_common::{
     AddrMatch, COUNTER_EGRESS, COUNTER_INGRESS, DIR_EGRESS, DIR_INGRESS, FAMILY_ANY, FAMILY_V4,
-    FAMILY_V6, LossRule, MAX_LOSS_RULES, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    PacketFilter, RuleCounters, Target, VERDICT_STOLEN,
+    FAMILY_V6, LossRule, MAX_LOSS_RULES, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter,
+    PortRange, RuleCounters, Target, VERDICT_STOLEN,
 };
 
 #[map]
@@ -105,7 +105,11 @@ fn decide(skb: *mut __sk_buff, target: &Target, dir: u8, counter: u32) -> bool {
     let Some(packet) = parse(skb) else {
         return false;
     };
-    let count = if target.loss_rules < MAX_LOSS_RULES { target.loss_rules } else { MAX_LOSS_RULES };
+    let count = if target.loss_rules < MAX_LOSS_RULES {
+        target.loss_rules
+    } else {
+        MAX_LOSS_RULES
+    };
     for i in 0..MAX_LOSS_RULES {
         if i >= count {
             break;
@@ -147,8 +151,8 @@ fn filter_matches(filter: &PacketFilter, packet: &Packet) -> bool {
     {
         return false;
     }
-    port_matches(filter.sport.lo, filter.sport.hi, packet.has_ports, packet.sport)
-        && port_matches(filter.dport.lo, filter.dport.hi, packet.has_ports, packet.dport)
+    port_matches(&filter.sport, packet.has_ports, packet.sport)
+        && port_matches(&filter.dport, packet.has_ports, packet.dport)
 }
 
 #[inline(always)]
@@ -166,11 +170,8 @@ fn addr_matches(want: &AddrMatch, family: u8, addr: &[u32; 4]) -> bool {
 }
 
 #[inline(always)]
-fn port_matches(lo: u16, hi: u16, has_ports: bool, port: u16) -> bool {
-    if lo == 0 && hi == u16::MAX {
-        return true;
-    }
-    has_ports && lo <= port && port <= hi
+fn port_matches(range: &PortRange, has_ports: bool, port: u16) -> bool {
+    range.is_any() || (has_ports && range.lo <= port && port <= range.hi)
 }
 
 #[inline(always)]
@@ -198,7 +199,8 @@ fn word(b: &[u8], at: usize) -> u32 {
 /// Non-IP packets, and IPv6 packets behind extension headers, have no ports.
 #[inline(always)]
 fn parse(skb: *mut __sk_buff) -> Option<Packet> {
-    let first: [u8; 1] = load(skb, 0)?;
+    // Every IP header has at least 20 bytes: one load serves IPv4 whole and tells IPv6 apart.
+    let h: [u8; 20] = load(skb, 0)?;
     let mut packet = Packet {
         family: 0,
         proto: PROTO_OTHER,
@@ -208,9 +210,8 @@ fn parse(skb: *mut __sk_buff) -> Option<Packet> {
         sport: 0,
         dport: 0,
     };
-    let (l4, l4_offset, first_fragment) = match first[0] >> 4 {
+    let (l4, l4_offset, first_fragment) = match h[0] >> 4 {
         4 => {
-            let h: [u8; 20] = load(skb, 0)?;
             packet.family = FAMILY_V4;
             packet.src[0] = word(&h, 12);
             packet.dst[0] = word(&h, 16);

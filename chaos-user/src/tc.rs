@@ -131,7 +131,7 @@ pub fn undo_filter(
     if !has_clsact(interface)? {
         return Ok(Outcome::AlreadyGone);
     }
-    let ours = egress_filters(interface)?.iter().any(|f| {
+    let ours = filters(interface, "egress")?.iter().any(|f| {
         f.pref == priority
             && f.options.as_ref().is_some_and(|o| {
                 o.handle.as_ref().and_then(parse_handle) == Some(handle)
@@ -203,17 +203,13 @@ fn filters(interface: &str, direction: &str) -> Result<Vec<ShownFilter>> {
     serde_json::from_str(&text).context("parse the output of `tc -json filter show`")
 }
 
-fn egress_filters(interface: &str) -> Result<Vec<ShownFilter>> {
-    filters(interface, "egress")
-}
-
 /// Removes a clsact qdisc that a session created (with iproute2's `tc`: aya has no call for it).
 /// Filters of others (another session's, or added since) keep it: it is theirs now.
 pub fn undo_qdisc(interface: &str) -> Result<Outcome> {
     if !has_clsact(interface)? {
         return Ok(Outcome::AlreadyGone);
     }
-    if !egress_filters(interface)?.is_empty() || !filters(interface, "ingress")?.is_empty() {
+    if !filters(interface, "egress")?.is_empty() || !filters(interface, "ingress")?.is_empty() {
         return Ok(Outcome::Kept("other filters use it now".into()));
     }
     let status = Command::new("tc")

@@ -13,7 +13,7 @@ use std::{
     collections::HashSet,
     fs,
     io::{BufRead, BufReader},
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{Ipv4Addr, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, ExitStatus, Stdio},
@@ -396,9 +396,4 @@ pub fn run_cgroups() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// A socket address on loopback.
-pub fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
