@@ -5,14 +5,42 @@
 //! that the two sides cannot drift apart silently.
 #![no_std]
 
-/// How many `loss` rules one target can hold. The programs walk them in order, so the bound
-/// also bounds the per-packet cost.
-pub const MAX_LOSS_RULES: u32 = 8;
+/// How many packet rules (`loss`, `delay`, `corrupt`, `duplicate`, `bandwidth`, `xdp-drop`) one
+/// session can hold. The programs walk them in order, so the bound also bounds the per-packet
+/// cost.
+pub const MAX_PACKET_RULES: u32 = 8;
+/// How many socket rules (`connect`, `dns`) one session can hold.
+pub const MAX_SOCK_RULES: u32 = 8;
+
+/// What a packet rule does to a packet it matches (`PacketRule::action`).
+pub const ACTION_LOSS: u8 = 1;
+/// Hold the packet back: departure time stamped for the `fq` qdisc.
+pub const ACTION_DELAY: u8 = 2;
+/// Flip bytes of the payload, checksum fixed.
+pub const ACTION_CORRUPT: u8 = 3;
+/// Send the packet twice.
+pub const ACTION_DUPLICATE: u8 = 4;
+/// Cap the rate with a token bucket.
+pub const ACTION_BANDWIDTH: u8 = 5;
+
+/// Loss model values (`PacketRule::model`): independent draws.
+pub const MODEL_BERNOULLI: u8 = 0;
+/// Gilbert-Elliott: a good and a bad state per flow, each with its own loss probability.
+pub const MODEL_GILBERT: u8 = 1;
+
+/// What a socket rule does (`SockRule::action`): connect() fails with `errno`.
+pub const SOCK_ERRNO: u8 = 1;
+/// connect() goes to `redirect` instead.
+pub const SOCK_REDIRECT: u8 = 2;
+/// DNS traffic goes to chaos-user's responder at `redirect`, which answers or forwards.
+pub const SOCK_DNS: u8 = 3;
 
 /// Rule direction bits.
 pub const DIR_EGRESS: u8 = 1;
 /// Rule direction bits.
 pub const DIR_INGRESS: u8 = 2;
+/// Rule direction bits: ingress at XDP on one interface, whatever the cgroup.
+pub const DIR_XDP: u8 = 4;
 
 /// Index of a direction in the counter maps: `rule * 2 + COUNTER_*`.
 pub const COUNTER_EGRESS: u32 = 0;
@@ -55,9 +83,10 @@ pub struct Target {
     pub level: u32,
     /// One of the `VERDICT_*` values.
     pub egress_verdict: u32,
-    /// Number of valid entries at the start of the `LOSS_RULES` map.
-    pub loss_rules: u32,
-    pub _pad: u32,
+    /// Number of valid entries at the start of the `PACKET_RULES` map.
+    pub packet_rules: u32,
+    /// Number of valid entries at the start of the `SOCK_RULES` map.
+    pub sock_rules: u32,
 }
 
 /// An address filter: matches when `(address & mask) == addr` word by word, in the byte order
@@ -113,18 +142,109 @@ pub struct PacketFilter {
     pub _pad: [u8; 7],
 }
 
-/// One `loss` rule.
+/// One packet rule. Which fields count depends on `action`; the rest are zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LossRule {
+pub struct PacketRule {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) after which the rule is inert.
     pub deadline_ns: u64,
-    /// A packet is lost when `bpf_get_prandom_u32() < threshold`; `1 << 32` loses every one.
+    /// The rule acts on a packet when `bpf_get_prandom_u32() < threshold`; `1 << 32` acts on
+    /// every one. Unused by `bandwidth` and by the Gilbert model.
     pub threshold: u64,
+    /// Only flows whose 5-tuple hash is below this take part; `1 << 32` is every flow.
+    pub flow_threshold: u64,
+    /// `delay`: how long, and the half-width of the uniform jitter around it.
+    pub delay_ns: u64,
+    pub jitter_ns: u64,
+    /// `bandwidth`: bytes per second and the bucket's depth in bytes.
+    pub rate_bytes: u64,
+    pub burst_bytes: u64,
+    /// Gilbert model thresholds, as `threshold`: good to bad, bad to good, loss in bad, loss
+    /// in good.
+    pub enter_bad: u64,
+    pub leave_bad: u64,
+    pub loss_bad: u64,
+    pub loss_good: u64,
     pub filter: PacketFilter,
-    /// `DIR_EGRESS`, `DIR_INGRESS` or both.
+    /// One of the `ACTION_*` values.
+    pub action: u8,
+    /// `DIR_EGRESS`, `DIR_INGRESS`, `DIR_XDP`.
     pub dirs: u8,
+    /// One of the `MODEL_*` values (`loss` only).
+    pub model: u8,
+    /// `corrupt`: how many payload bytes to flip.
+    pub corrupt_bytes: u8,
+    pub _pad: [u8; 4],
+}
+
+/// One socket rule: what connect() (and, for `dns`, sendmsg and recvmsg) of the target meets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRule {
+    /// As `PacketRule::deadline_ns`.
+    pub deadline_ns: u64,
+    /// As `PacketRule::threshold`.
+    pub threshold: u64,
+    /// Only destinations whose hash is below this take part; `1 << 32` is every one.
+    pub flow_threshold: u64,
+    pub dst: AddrMatch,
+    pub dport: PortRange,
+    /// Where `SOCK_REDIRECT` and `SOCK_DNS` send the socket, in the byte order of the
+    /// packet; IPv4 uses the first word.
+    pub redirect_addr: [u32; 4],
+    /// `SOCK_ERRNO`: the error number connect() returns (positive).
+    pub errno: u32,
+    /// In network byte order, as the hook's context carries it.
+    pub redirect_port: u16,
+    /// One of the `PROTO_*` values; `PROTO_ICMP` is not used here.
+    pub proto: u8,
+    /// One of the `SOCK_*` values.
+    pub action: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`; a redirect applies only to sockets of that family.
+    pub redirect_family: u8,
     pub _pad: [u8; 7],
+}
+
+/// Where a socket redirected to the DNS responder meant to go: keyed by socket cookie in
+/// `DNS_ORIGINAL`, and by the client's port in `DNS_PEERS` for the responder to read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// In the byte order of the packet; IPv4 uses the first word.
+    pub addr: [u32; 4],
+    /// In network byte order.
+    pub port: u16,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Key of `DNS_PEERS`: the responder finds a query's original resolver by the client's port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// The client's port, in host byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+
+/// Key of the per-flow state of the Gilbert model.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub rule: u32,
+    pub hash: u32,
+}
+
+/// The token bucket of one `bandwidth` rule: the time, on the `bpf_ktime_get_ns` clock, at
+/// which the bytes already let through are paid for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub paid_until_ns: u64,
 }
 
 /// Per-rule, per-direction counters, kept per CPU and summed by the user side.
@@ -145,8 +265,13 @@ pub struct RuleCounters {
 const _: () = assert!(core::mem::size_of::<Target>() == 24);
 const _: () = assert!(core::mem::size_of::<AddrMatch>() == 36);
 const _: () = assert!(core::mem::size_of::<PacketFilter>() == 88);
-const _: () = assert!(core::mem::size_of::<LossRule>() == 112);
-const _: () = assert!(core::mem::align_of::<LossRule>() == 8);
+const _: () = assert!(core::mem::size_of::<PacketRule>() == 184);
+const _: () = assert!(core::mem::align_of::<PacketRule>() == 8);
+const _: () = assert!(core::mem::size_of::<SockRule>() == 96);
+const _: () = assert!(core::mem::size_of::<OriginalDst>() == 20);
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 4);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 32);
 
 #[cfg(feature = "user")]
@@ -155,7 +280,13 @@ mod pod {
     // with every padding byte spelled out as a field, so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::Target {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::LossRule {}
+    unsafe impl aya::Pod for super::PacketRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OriginalDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleCounters {}
 }

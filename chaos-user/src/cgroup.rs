@@ -194,6 +194,30 @@ impl Cgroup {
 
     /// Whether this very cgroup still exists: not removed, and not replaced by another of the
     /// same name (as a service restart does).
+    /// The ids of this cgroup and every cgroup below it (at most `sockdiag::MAX_CGROUPS`).
+    pub fn with_descendants(&self) -> Vec<u64> {
+        let mut ids = vec![self.id];
+        let mut stack = vec![self.path.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if ids.len() >= crate::sockdiag::MAX_CGROUPS {
+                    return ids;
+                }
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    ids.push(std::os::unix::fs::MetadataExt::ino(&meta));
+                    stack.push(entry.path());
+                }
+            }
+        }
+        ids
+    }
+
     pub fn exists(&self) -> bool {
         fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.id)
             && self.path.join("cgroup.procs").exists()

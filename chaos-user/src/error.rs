@@ -45,6 +45,12 @@ pub fn classify(err: &anyhow::Error) -> (Class, Option<String>) {
                 Some(e)
             } else if let Some(e) = cause.downcast_ref::<UsageError>() {
                 Some(e)
+            } else if let Some(e) = cause.downcast_ref::<crate::sockdiag::SockDiagError>() {
+                Some(e)
+            } else if let Some(e) = cause.downcast_ref::<crate::dns::DnsError>() {
+                Some(e)
+            } else if let Some(e) = cause.downcast_ref::<crate::tc::FqMissing>() {
+                Some(e)
             } else {
                 None
             };

@@ -5,10 +5,12 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod dns;
 pub mod error;
 pub mod loader;
 pub mod report;
 pub mod session;
+pub mod sockdiag;
 pub mod spec;
 pub mod tc;
 pub mod undo;

@@ -7,12 +7,16 @@ use anyhow::Context as _;
 
 use aya::{
     Ebpf, EbpfError,
-    maps::{Array, MapError, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SchedClassifier},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        SchedClassifier, SockOps, Xdp, XdpMode,
+    },
     util::KernelVersion,
 };
 use chaos_common::{
-    COUNTER_EGRESS, COUNTER_INGRESS, LossRule, MAX_LOSS_RULES, RuleCounters, Target,
+    COUNTER_EGRESS, COUNTER_INGRESS, MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PacketRule,
+    PeerKey, RuleCounters, SockRule, Target,
 };
 
 use crate::{
@@ -28,11 +32,82 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ch
 
 /// Names of the programs in the object, as the kernel lists them.
 pub const PROGRAMS: &[(&str, &str)] = &[
-    ("loss_egress", "tc classifier"),
-    ("loss_ingress", "cgroup_skb ingress"),
+    ("chaos_egress", "tc classifier"),
+    ("chaos_ingress", "cgroup_skb ingress"),
+    ("chaos_cg_egress", "cgroup_skb egress"),
+    ("chaos_sock_ops", "cgroup sock_ops"),
+    ("chaos_connect4", "cgroup connect4"),
+    ("chaos_connect6", "cgroup connect6"),
+    ("chaos_sendmsg4", "cgroup sendmsg4"),
+    ("chaos_sendmsg6", "cgroup sendmsg6"),
+    ("chaos_recvmsg4", "cgroup recvmsg4"),
+    ("chaos_recvmsg6", "cgroup recvmsg6"),
+    ("chaos_xdp", "xdp"),
     ("probe_fentry", "fentry security_file_open"),
     ("probe_lsm", "lsm file_open"),
 ];
+
+/// The cgroup socket-address programs of `connect`, and those `dns` adds.
+const CONNECT_PROGRAMS: &[&str] = &["chaos_connect4", "chaos_connect6"];
+const DNS_PROGRAMS: &[&str] = &[
+    "chaos_sendmsg4",
+    "chaos_sendmsg6",
+    "chaos_recvmsg4",
+    "chaos_recvmsg6",
+];
+
+/// Which programs a session needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// tc egress on every interface (`loss` egress, `delay`, `corrupt`, `duplicate`).
+    pub tc_egress: bool,
+    /// cgroup_skb ingress (`loss` ingress).
+    pub cg_ingress: bool,
+    /// cgroup_skb egress (`bandwidth`, and `dns` bookkeeping).
+    pub cg_egress: bool,
+    /// sock_ops (`bandwidth` pacing of TCP).
+    pub sock_ops: bool,
+    /// connect4/6 (`connect`, `dns`).
+    pub connect: bool,
+    /// sendmsg4/6 and recvmsg4/6 (`dns`).
+    pub dns: bool,
+    /// XDP on this interface (`xdp-drop`).
+    pub xdp: Option<String>,
+}
+
+impl Needs {
+    /// The programs to load, by name.
+    pub fn programs(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.tc_egress {
+            names.push("chaos_egress");
+        }
+        if self.cg_ingress {
+            names.push("chaos_ingress");
+        }
+        if self.cg_egress {
+            names.push("chaos_cg_egress");
+        }
+        if self.sock_ops {
+            names.push("chaos_sock_ops");
+        }
+        if self.connect {
+            names.extend(CONNECT_PROGRAMS);
+        }
+        if self.dns {
+            names.extend(DNS_PROGRAMS);
+        }
+        if self.xdp.is_some() {
+            names.push("chaos_xdp");
+        }
+        names
+    }
+
+    /// Whether any program is attached to the target cgroup.
+    pub fn cgroup(&self) -> bool {
+        self.cg_ingress || self.cg_egress || self.sock_ops || self.connect || self.dns
+    }
+}
 
 /// Why the kernel side could not be set up. Every variant is the environment's refusal.
 #[derive(Debug, thiserror::Error)]
@@ -72,15 +147,26 @@ pub enum LoadError {
         #[source]
         source: MapError,
     },
-    /// More rules of one kind than the programs walk.
-    #[error("at most {MAX_LOSS_RULES} loss rules per target; {0} were given")]
-    TooManyRules(usize),
+    /// More rules of one family than the programs walk.
+    #[error("at most {max} {family} faults per session; {given} were given")]
+    TooManyRules {
+        family: &'static str,
+        max: u32,
+        given: usize,
+    },
+    /// The kernel is too old for a program the plan needs.
+    #[error("{what} needs kernel {need} or later; this is {have}")]
+    KernelTooOld {
+        what: &'static str,
+        need: &'static str,
+        have: String,
+    },
 }
 
 impl Classify for LoadError {
     fn class(&self) -> Class {
         match self {
-            LoadError::TooManyRules(_) => Class::BadInput,
+            LoadError::TooManyRules { .. } => Class::BadInput,
             _ => Class::Environment,
         }
     }
@@ -130,49 +216,82 @@ pub fn has_tcx() -> bool {
 pub struct Programs {
     ebpf: Ebpf,
     mode: Mode,
+    needs: Needs,
     egress_interfaces: Vec<Interface>,
-    ingress_attached: bool,
+    cgroup_attached: Vec<&'static str>,
+    xdp_attached: Option<String>,
 }
 
+/// The responder's view of `DNS_PEERS`: where each redirected client meant to send its query.
+pub type DnsPeers = HashMap<MapData, PeerKey, OriginalDst>;
+
 impl Programs {
-    /// Parses the object and loads (verifies) the named programs without attaching anything.
-    pub fn load(egress: bool, ingress: bool) -> Result<Programs, LoadError> {
+    /// Parses the object and loads (verifies) the programs `needs` names, attaching nothing.
+    pub fn load(needs: &Needs) -> Result<Programs, LoadError> {
         check_ready()?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
-        if egress {
-            let prog: &mut SchedClassifier = program(&mut ebpf, "loss_egress")?;
-            prog.load().map_err(|source| LoadError::Refused {
-                program: "loss_egress",
-                source,
-            })?;
+        if needs.xdp.is_some() {
+            require_kernel(
+                "xdp-drop (bpf_xdp_load_bytes and XDP links)",
+                (5, 18),
+                "5.18",
+            )?;
         }
-        if ingress {
-            let prog: &mut CgroupSkb = program(&mut ebpf, "loss_ingress")?;
-            prog.load().map_err(|source| LoadError::Refused {
-                program: "loss_ingress",
+        if needs.connect {
+            require_kernel("connect and dns (bpf_set_retval)", (5, 18), "5.18")?;
+        }
+        let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+        for name in needs.programs() {
+            let refused = |source| LoadError::Refused {
+                program: name,
                 source,
-            })?;
+            };
+            match ebpf.program_mut(name).ok_or(LoadError::Missing(name))? {
+                aya::programs::Program::SchedClassifier(p) => p.load().map_err(refused)?,
+                aya::programs::Program::CgroupSkb(p) => p.load().map_err(refused)?,
+                aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(refused)?,
+                aya::programs::Program::Xdp(p) => p.load().map_err(refused)?,
+                aya::programs::Program::SockOps(p) => p.load().map_err(refused)?,
+                _ => return Err(LoadError::Missing(name)),
+            }
         }
         Ok(Programs {
             ebpf,
             mode: Mode::detect(),
+            needs: needs.clone(),
             egress_interfaces: Vec::new(),
-            ingress_attached: false,
+            cgroup_attached: Vec::new(),
+            xdp_attached: None,
         })
     }
 
     /// Writes the rules and then the target record that makes them live.
-    pub fn configure(&mut self, target: &Cgroup, rules: &[LossRule]) -> Result<(), LoadError> {
-        if rules.len() > MAX_LOSS_RULES as usize {
-            return Err(LoadError::TooManyRules(rules.len()));
+    pub fn configure(
+        &mut self,
+        target: Option<&Cgroup>,
+        packet: &[PacketRule],
+        sock: &[SockRule],
+    ) -> Result<(), LoadError> {
+        if packet.len() > MAX_PACKET_RULES as usize {
+            return Err(LoadError::TooManyRules {
+                family: "packet",
+                max: MAX_PACKET_RULES,
+                given: packet.len(),
+            });
         }
-        self.write_rules(rules)?;
+        if sock.len() > MAX_SOCK_RULES as usize {
+            return Err(LoadError::TooManyRules {
+                family: "connect and dns",
+                max: MAX_SOCK_RULES,
+                given: sock.len(),
+            });
+        }
+        self.write_rules(packet, sock)?;
         let record = Target {
-            cgroup_id: target.id,
-            level: target.level,
+            cgroup_id: target.map_or(0, |t| t.id),
+            level: target.map_or(0, |t| t.level),
             egress_verdict: self.mode.verdict(),
-            loss_rules: rules.len() as u32,
-            _pad: 0,
+            packet_rules: packet.len() as u32,
+            sock_rules: sock.len() as u32,
         };
         self.write("TARGET", &[record])
     }
@@ -182,15 +301,21 @@ impl Programs {
     pub fn disable(&mut self) -> Result<(), LoadError> {
         let mut array = self.array::<Target>("TARGET")?;
         let mut record = array.get(&0, 0).map_err(map_error("read", "TARGET"))?;
-        record.loss_rules = 0;
+        record.packet_rules = 0;
+        record.sock_rules = 0;
         array
             .set(0, record, 0)
             .map_err(map_error("write", "TARGET"))
     }
 
     /// Rewrites the rule records (to renew their deadlines).
-    pub fn write_rules(&mut self, rules: &[LossRule]) -> Result<(), LoadError> {
-        self.write("LOSS_RULES", rules)
+    pub fn write_rules(
+        &mut self,
+        packet: &[PacketRule],
+        sock: &[SockRule],
+    ) -> Result<(), LoadError> {
+        self.write("PACKET_RULES", packet)?;
+        self.write("SOCK_RULES", sock)
     }
 
     /// Writes `values` at the start of an array map.
@@ -212,10 +337,20 @@ impl Programs {
         Array::try_from(map).map_err(map_error("open", name))
     }
 
-    /// Attaches the egress program to every interface not yet attached; returns the new ones.
-    /// Without tcx, the qdiscs and filters go into `undo` before they are made.
+    /// Takes `DNS_PEERS` out of the object, for the DNS responder to read.
+    pub fn take_dns_peers(&mut self) -> Result<DnsPeers, LoadError> {
+        let name = "DNS_PEERS";
+        let map: Map = self.ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
+        HashMap::try_from(map).map_err(map_error("open", name))
+    }
+
+    /// Attaches the tc egress program to every interface not yet attached; returns the new
+    /// ones. Without tcx, the qdiscs and filters go into `undo` before they are made.
     pub fn attach_egress_everywhere(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
         let mut added = Vec::new();
+        if !self.needs.tc_egress {
+            return Ok(added);
+        }
         for interface in interfaces() {
             // Known by index too: an interface deleted and made again under the same name is a
             // new one, without the program.
@@ -223,7 +358,7 @@ impl Programs {
                 continue;
             }
             let name = &interface.name;
-            let prog: &mut SchedClassifier = program(&mut self.ebpf, "loss_egress")?;
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, "chaos_egress")?;
             match tc::attach(prog, name, self.mode, undo) {
                 Ok(()) => {}
                 // The interface went away between listing and attaching.
@@ -231,7 +366,7 @@ impl Programs {
                 Err(e) => {
                     let mode = self.mode.name();
                     return Err(e).with_context(|| {
-                        format!("attach `loss_egress` to {mode} egress of {name}")
+                        format!("attach `chaos_egress` to {mode} egress of {name}")
                     });
                 }
             }
@@ -242,22 +377,67 @@ impl Programs {
         Ok(added)
     }
 
-    /// Attaches the ingress program to the target cgroup.
-    pub fn attach_ingress(&mut self, target: &Cgroup) -> Result<(), LoadError> {
-        let attach_err = |source| LoadError::Attach {
-            program: "loss_ingress",
-            to: format!("cgroup {}", target.name),
-            source,
+    /// Attaches the cgroup programs the plan needs to the target cgroup.
+    pub fn attach_cgroup(&mut self, target: &Cgroup) -> Result<(), LoadError> {
+        let mut names = Vec::new();
+        if self.needs.cg_ingress {
+            names.push(("chaos_ingress", Some(CgroupSkbAttachType::Ingress)));
+        }
+        if self.needs.cg_egress {
+            names.push(("chaos_cg_egress", Some(CgroupSkbAttachType::Egress)));
+        }
+        if self.needs.sock_ops {
+            names.push(("chaos_sock_ops", None));
+        }
+        if self.needs.connect {
+            names.extend(CONNECT_PROGRAMS.iter().map(|n| (*n, None)));
+        }
+        if self.needs.dns {
+            names.extend(DNS_PROGRAMS.iter().map(|n| (*n, None)));
+        }
+        for (name, skb) in names {
+            let attach_err = |source| LoadError::Attach {
+                program: name,
+                to: format!("cgroup {}", target.name),
+                source,
+            };
+            let dir =
+                fs::File::open(&target.path).map_err(|e| attach_err(ProgramError::IOError(e)))?;
+            match skb {
+                Some(kind) => {
+                    let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+                    prog.attach(dir.as_fd(), kind, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                }
+                None if name == "chaos_sock_ops" => {
+                    let prog: &mut SockOps = program(&mut self.ebpf, name)?;
+                    prog.attach(dir.as_fd(), CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                }
+                None => {
+                    let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+                    prog.attach(dir.as_fd(), CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                }
+            }
+            self.cgroup_attached.push(name);
+        }
+        Ok(())
+    }
+
+    /// Attaches the XDP program to the interface `xdp-drop` names.
+    pub fn attach_xdp(&mut self) -> Result<(), LoadError> {
+        let Some(dev) = self.needs.xdp.clone() else {
+            return Ok(());
         };
-        let dir = fs::File::open(&target.path).map_err(|e| attach_err(ProgramError::IOError(e)))?;
-        let prog: &mut CgroupSkb = program(&mut self.ebpf, "loss_ingress")?;
-        prog.attach(
-            dir.as_fd(),
-            CgroupSkbAttachType::Ingress,
-            CgroupAttachMode::Single,
-        )
-        .map_err(attach_err)?;
-        self.ingress_attached = true;
+        let prog: &mut Xdp = program(&mut self.ebpf, "chaos_xdp")?;
+        prog.attach(&dev, XdpMode::default())
+            .map_err(|source| LoadError::Attach {
+                program: "chaos_xdp",
+                to: format!("interface {dev}"),
+                source,
+            })?;
+        self.xdp_attached = Some(dev);
         Ok(())
     }
 
@@ -268,33 +448,61 @@ impl Programs {
             .iter()
             .map(|i| format!("{} egress {}", self.mode.name(), i.name))
             .collect();
-        if self.ingress_attached {
-            out.push("cgroup_skb ingress".to_string());
+        for name in &self.cgroup_attached {
+            let hook = PROGRAMS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(*name, |(_, hook)| *hook);
+            out.push(hook.to_string());
+        }
+        if let Some(dev) = &self.xdp_attached {
+            out.push(format!("xdp {dev}"));
         }
         out
     }
 
-    /// Counters of rule `rule`, summed over CPUs: (egress, ingress).
-    pub fn counters(&self, rule: u32) -> Result<(RuleCounters, RuleCounters), LoadError> {
-        let name = "LOSS_COUNTERS";
+    /// Counters of packet rule `rule`, summed over CPUs: (egress, ingress). XDP counts as
+    /// ingress.
+    pub fn packet_counters(&self, rule: u32) -> Result<(RuleCounters, RuleCounters), LoadError> {
+        Ok((
+            self.sum("PACKET_COUNTERS", rule * 2 + COUNTER_EGRESS)?,
+            self.sum("PACKET_COUNTERS", rule * 2 + COUNTER_INGRESS)?,
+        ))
+    }
+
+    /// Counters of socket rule `rule`, summed over CPUs.
+    pub fn sock_counters(&self, rule: u32) -> Result<RuleCounters, LoadError> {
+        self.sum("SOCK_COUNTERS", rule)
+    }
+
+    fn sum(&self, name: &'static str, index: u32) -> Result<RuleCounters, LoadError> {
         let map = self.ebpf.map(name).ok_or(LoadError::Missing(name))?;
         let array: PerCpuArray<_, RuleCounters> =
             PerCpuArray::try_from(map).map_err(map_error("open", name))?;
-        let sum = |index: u32| -> Result<RuleCounters, LoadError> {
-            let values = array.get(&index, 0).map_err(map_error("read", name))?;
-            Ok(values
-                .iter()
-                .fold(RuleCounters::default(), |acc, v| RuleCounters {
-                    matched: acc.matched + v.matched,
-                    injected: acc.injected + v.injected,
-                    passed: acc.passed + v.passed,
-                    expired: acc.expired + v.expired,
-                }))
-        };
-        Ok((
-            sum(rule * 2 + COUNTER_EGRESS)?,
-            sum(rule * 2 + COUNTER_INGRESS)?,
-        ))
+        let values = array.get(&index, 0).map_err(map_error("read", name))?;
+        Ok(values
+            .iter()
+            .fold(RuleCounters::default(), |acc, v| RuleCounters {
+                matched: acc.matched + v.matched,
+                injected: acc.injected + v.injected,
+                passed: acc.passed + v.passed,
+                expired: acc.expired + v.expired,
+            }))
+    }
+}
+
+fn require_kernel(
+    what: &'static str,
+    (major, minor): (u8, u8),
+    need: &'static str,
+) -> Result<(), LoadError> {
+    match KernelVersion::current() {
+        Ok(v) if v < KernelVersion::new(major, minor, 0) => Err(LoadError::KernelTooOld {
+            what,
+            need,
+            have: format!("{v}"),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -357,6 +565,9 @@ pub fn probe(name: &'static str) -> Result<(), LoadError> {
     match ebpf.program_mut(name).ok_or(LoadError::Missing(name))? {
         aya::programs::Program::SchedClassifier(p) => p.load().map_err(refused),
         aya::programs::Program::CgroupSkb(p) => p.load().map_err(refused),
+        aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(refused),
+        aya::programs::Program::Xdp(p) => p.load().map_err(refused),
+        aya::programs::Program::SockOps(p) => p.load().map_err(refused),
         aya::programs::Program::FEntry(p) => p.load("security_file_open", &btf()?).map_err(refused),
         aya::programs::Program::Lsm(p) => p.load("file_open", &btf()?).map_err(refused),
         _ => Err(LoadError::Missing(name)),

@@ -1,6 +1,6 @@
 //! What a session reports: a readable summary and a versioned JSON record.
 
-use std::{io::Write, path::Path, time::Duration};
+use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{cgroup::Cgroup, session::SessionRecord, spec::FaultSpec};
 
 /// Version of the JSON record; bumped on any change that could break a reader.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Counters of one rule in one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -39,8 +39,10 @@ pub struct FaultReport {
     /// The canonical spec text.
     pub spec: String,
     pub fault: FaultSpec,
-    pub egress: Counters,
-    pub ingress: Counters,
+    /// What the fault counted, by where: `egress` and `ingress` (packets), `connects`
+    /// (connect() calls), `queries` (DNS queries), `sockets` (connections aborted).
+    #[serde(flatten)]
+    pub counters: BTreeMap<&'static str, Counters>,
 }
 
 /// Why a session ended.
@@ -72,7 +74,9 @@ pub struct CommandReport {
 pub struct Report {
     pub schema_version: u32,
     pub command: &'static str,
-    pub target: Cgroup,
+    /// None for faults that act on interfaces alone (`xdp-drop`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Cgroup>,
     pub faults: Vec<FaultReport>,
     pub attachments: Vec<String>,
     pub started_at: String,
@@ -86,7 +90,7 @@ pub struct Report {
 impl Report {
     pub fn new(
         command: &'static str,
-        target: Cgroup,
+        target: Option<Cgroup>,
         session: SessionRecord,
         end_reason: EndReason,
     ) -> Report {
@@ -132,31 +136,30 @@ impl Report {
             EndReason::CommandExited => "the command exited",
             EndReason::TargetGone => "the target cgroup was removed or replaced",
         };
+        let on = self.target.as_ref().map_or_else(
+            || "interfaces".to_string(),
+            |t| format!("cgroup {}", t.name),
+        );
         let mut s = format!(
-            "chaos-user: faults on cgroup {} for {:.1}s ({reason}); nothing left attached\n",
-            self.target.name, self.elapsed_seconds
+            "chaos-user: faults on {on} for {:.1}s ({reason}); nothing left attached\n",
+            self.elapsed_seconds
         );
         let width = self.faults.iter().map(|f| f.spec.len()).max().unwrap_or(0);
         for f in &self.faults {
-            for (dir, c, applies) in [
-                ("egress", f.egress, direction_applies(&f.fault, true)),
-                ("ingress", f.ingress, direction_applies(&f.fault, false)),
-            ] {
-                if !applies {
-                    continue;
-                }
+            for (place, c) in &f.counters {
                 let expired = if c.expired > 0 {
                     format!("  after the deadline {}", c.expired)
                 } else {
                     String::new()
                 };
+                let acted = verb(&f.fault);
                 s += &format!(
-                    "  {:<width$}  {dir:<7}  matched {:>9}  lost {:>9}  passed {:>9}{expired}{}\n",
+                    "  {:<width$}  {place:<8}  matched {:>9}  {acted} {:>9}  passed {:>9}{expired}{}\n",
                     f.spec,
                     c.matched,
                     c.injected,
                     c.passed,
-                    ratio(c),
+                    ratio(*c, acted),
                 );
             }
         }
@@ -164,26 +167,28 @@ impl Report {
     }
 }
 
-fn direction_applies(fault: &FaultSpec, egress: bool) -> bool {
+/// What the summary calls an injection of this fault.
+fn verb(fault: &FaultSpec) -> &'static str {
     match fault {
-        FaultSpec::Loss(l) => {
-            if egress {
-                l.dir.egress()
-            } else {
-                l.dir.ingress()
-            }
-        }
+        FaultSpec::Loss(_) | FaultSpec::XdpDrop(_) => "lost",
+        FaultSpec::Delay(_) => "delayed",
+        FaultSpec::Bandwidth(_) => "held",
+        FaultSpec::Corrupt(_) => "corrupted",
+        FaultSpec::Duplicate(_) => "duplicated",
+        FaultSpec::Connect(_) => "failed",
+        FaultSpec::Reset(_) => "aborted",
+        FaultSpec::Dns(_) => "answered",
     }
 }
 
 /// The share lost among the packets a live rule decided on.
-fn ratio(c: Counters) -> String {
+fn ratio(c: Counters, acted: &str) -> String {
     let decided = c.injected + c.passed;
     if decided == 0 {
         String::new()
     } else {
         format!(
-            "  ({:.1}% lost)",
+            "  ({:.1}% {acted})",
             100.0 * c.injected as f64 / decided as f64
         )
     }

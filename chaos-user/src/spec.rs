@@ -1,7 +1,13 @@
 //! The fault spec grammar: `KIND[:key=value[,key=value...]]`, parsed by a pure function from
 //! text to a typed spec, shared by the command line and scenario files.
 
-use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -9,7 +15,17 @@ use serde::Serialize;
 use crate::error::{Class, Classify};
 
 /// Fault kinds this build knows, as users write them.
-pub const KINDS: &[&str] = &["loss"];
+pub const KINDS: &[&str] = &[
+    "loss",
+    "delay",
+    "bandwidth",
+    "corrupt",
+    "duplicate",
+    "connect",
+    "reset",
+    "dns",
+    "xdp-drop",
+];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -79,6 +95,14 @@ impl Classify for SpecError {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum FaultSpec {
     Loss(LossSpec),
+    Delay(DelaySpec),
+    Bandwidth(BandwidthSpec),
+    Corrupt(CorruptSpec),
+    Duplicate(DuplicateSpec),
+    Connect(ConnectSpec),
+    Reset(ResetSpec),
+    Dns(DnsSpec),
+    XdpDrop(XdpDropSpec),
 }
 
 impl FaultSpec {
@@ -86,24 +110,252 @@ impl FaultSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             FaultSpec::Loss(_) => "loss",
+            FaultSpec::Delay(_) => "delay",
+            FaultSpec::Bandwidth(_) => "bandwidth",
+            FaultSpec::Corrupt(_) => "corrupt",
+            FaultSpec::Duplicate(_) => "duplicate",
+            FaultSpec::Connect(_) => "connect",
+            FaultSpec::Reset(_) => "reset",
+            FaultSpec::Dns(_) => "dns",
+            FaultSpec::XdpDrop(_) => "xdp-drop",
+        }
+    }
+
+    /// Whether the fault acts on one cgroup (all but `xdp-drop`).
+    pub fn needs_cgroup(&self) -> bool {
+        !matches!(self, FaultSpec::XdpDrop(_))
+    }
+}
+
+/// `loss`: packets of the target vanish silently.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LossSpec {
+    /// The loss probability of the Bernoulli model; the Gilbert model's long-run mean.
+    pub p: f64,
+    pub dir: Direction,
+    pub model: LossModel,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// How `loss` decides which packets go.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "model", rename_all = "lowercase")]
+pub enum LossModel {
+    /// Each packet alone, with probability `p`.
+    Bernoulli,
+    /// Gilbert-Elliott: per flow, a good and a bad state with their own loss probabilities,
+    /// and the probabilities of moving between them after each packet.
+    Gilbert {
+        enter_bad: f64,
+        leave_bad: f64,
+        loss_bad: f64,
+        loss_good: f64,
+    },
+}
+
+impl LossModel {
+    /// The long-run loss rate and mean length of a run of consecutive losses the model gives
+    /// (for the Gilbert model with `loss_bad = 1`, `loss_good = 0`, the mean time in the bad
+    /// state).
+    pub fn theory(&self, p: f64) -> (f64, f64) {
+        match *self {
+            LossModel::Bernoulli => (
+                p,
+                if p < 1.0 {
+                    1.0 / (1.0 - p)
+                } else {
+                    f64::INFINITY
+                },
+            ),
+            LossModel::Gilbert {
+                enter_bad,
+                leave_bad,
+                loss_bad,
+                loss_good,
+            } => {
+                let bad_share = enter_bad / (enter_bad + leave_bad);
+                let mean = bad_share * loss_bad + (1.0 - bad_share) * loss_good;
+                (mean, 1.0 / leave_bad)
+            }
         }
     }
 }
 
-/// `loss`: packets of the target vanish silently with probability `p`.
+/// `delay`: egress packets of the target leave `time ± jitter` late.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LossSpec {
-    pub p: f64,
-    pub dir: Direction,
+pub struct DelaySpec {
+    #[serde(serialize_with = "serialize_duration")]
+    pub time: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub jitter: Duration,
     #[serde(flatten)]
     pub filter: PacketFilter,
+    pub flows: f64,
 }
 
-impl LossSpec {
-    /// The kernel's draw threshold: a packet is lost when a uniform `u32` is below it.
-    pub fn threshold(&self) -> u64 {
-        ((self.p * (1u64 << 32) as f64).round() as u64).min(1 << 32)
+/// `bandwidth`: egress of the target capped at `rate` bytes per second.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BandwidthSpec {
+    /// Bytes per second.
+    pub rate: u64,
+    /// Bytes that may leave at once above the rate.
+    pub burst: u64,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// `corrupt`: `bytes` payload bytes of matching egress packets flipped, checksum fixed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CorruptSpec {
+    pub p: f64,
+    pub bytes: u8,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// `duplicate`: matching egress packets sent twice.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DuplicateSpec {
+    pub p: f64,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// `connect`: connect() of the target to matching destinations fails or goes elsewhere.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectSpec {
+    pub p: f64,
+    #[serde(flatten)]
+    pub outcome: ConnectOutcome,
+    pub proto: Proto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<Ports>,
+    pub flows: f64,
+}
+
+/// What a matching connect() meets.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectOutcome {
+    /// It fails with this errno.
+    Errno(Errno),
+    /// It reaches this address instead.
+    Redirect(SocketAddr),
+}
+
+/// `reset`: established TCP connections of the target aborted, once or every `interval`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResetSpec {
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_some_duration"
+    )]
+    pub interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<Ports>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<Ports>,
+    pub flows: f64,
+}
+
+/// `dns`: answers to the target's queries for matching names replaced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DnsSpec {
+    pub name: String,
+    pub answer: DnsAnswer,
+    pub p: f64,
+    pub flows: f64,
+}
+
+/// What a `dns` fault answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsAnswer {
+    Nxdomain,
+    Servfail,
+    Refused,
+    /// No answer at all.
+    Timeout,
+    /// This address, for A queries (IPv4) or AAAA queries (IPv6).
+    Addr(IpAddr),
+}
+
+/// `xdp-drop`: packets arriving on a host interface dropped, whatever their cgroup.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct XdpDropSpec {
+    pub dev: String,
+    pub p: f64,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// A probability as the kernel's 32-bit draw threshold: an action happens when a uniform
+/// `u32` is below it.
+pub fn threshold(p: f64) -> u64 {
+    ((p * (1u64 << 32) as f64).round() as u64).min(1 << 32)
+}
+
+/// An error number by name, as the kernel returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno {
+    pub name: &'static str,
+    pub number: i32,
+}
+
+impl Serialize for Errno {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
     }
+}
+
+/// The error numbers connect() and the other calls may be made to return.
+pub const ERRNOS: &[(&str, i32)] = &[
+    ("ECONNREFUSED", libc::ECONNREFUSED),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ENETUNREACH", libc::ENETUNREACH),
+    ("EHOSTUNREACH", libc::EHOSTUNREACH),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ECONNABORTED", libc::ECONNABORTED),
+    ("ENETDOWN", libc::ENETDOWN),
+    ("EHOSTDOWN", libc::EHOSTDOWN),
+    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
+    ("EADDRINUSE", libc::EADDRINUSE),
+    ("EACCES", libc::EACCES),
+    ("EPERM", libc::EPERM),
+    ("EAGAIN", libc::EAGAIN),
+    ("EINTR", libc::EINTR),
+    ("ENOBUFS", libc::ENOBUFS),
+    ("ENOMEM", libc::ENOMEM),
+    ("EMFILE", libc::EMFILE),
+    ("ENFILE", libc::ENFILE),
+    ("EIO", libc::EIO),
+    ("EINVAL", libc::EINVAL),
+    ("EPROTO", libc::EPROTO),
+];
+
+/// An errno by its name (`ECONNREFUSED`, any case).
+pub fn parse_errno(key: &str, value: &str) -> Result<Errno, SpecError> {
+    let upper = value.to_ascii_uppercase();
+    ERRNOS
+        .iter()
+        .find(|(name, _)| *name == upper)
+        .map(|&(name, number)| Errno { name, number })
+        .ok_or_else(|| {
+            let names: Vec<&str> = ERRNOS.iter().map(|(n, _)| *n).collect();
+            bad(key, value, format!("expected one of {}", names.join(", ")))
+        })
 }
 
 /// Which way a packet travels, seen from the target.
@@ -166,9 +418,36 @@ impl fmt::Display for Ports {
     }
 }
 
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn serialize_some_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serialize_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl fmt::Display for DnsAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsAnswer::Nxdomain => f.write_str("nxdomain"),
+            DnsAnswer::Servfail => f.write_str("servfail"),
+            DnsAnswer::Refused => f.write_str("refused"),
+            DnsAnswer::Timeout => f.write_str("timeout"),
+            DnsAnswer::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
 impl fmt::Display for FaultSpec {
     /// The canonical text of the spec: every key, in a fixed order, defaults included.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
         match self {
             FaultSpec::Loss(loss) => {
                 let dir = match loss.dir {
@@ -176,14 +455,95 @@ impl fmt::Display for FaultSpec {
                     Direction::Ingress => "ingress",
                     Direction::Both => "both",
                 };
-                write!(f, "loss:p={},dir={dir}", loss.p)?;
-                write_filter(f, &loss.filter)
+                match loss.model {
+                    LossModel::Bernoulli => write!(f, "loss:p={},dir={dir}", loss.p)?,
+                    LossModel::Gilbert {
+                        enter_bad,
+                        leave_bad,
+                        loss_bad,
+                        loss_good,
+                    } => write!(
+                        f,
+                        "loss:model=gilbert,enter_bad={enter_bad},leave_bad={leave_bad},\
+                         loss_bad={loss_bad},loss_good={loss_good},dir={dir}"
+                    )?,
+                }
+                write_filter(f, &loss.filter, loss.flows)
+            }
+            FaultSpec::Delay(delay) => {
+                write!(f, "delay:time={}", d(&delay.time))?;
+                if !delay.jitter.is_zero() {
+                    write!(f, ",jitter={}", d(&delay.jitter))?;
+                }
+                write_filter(f, &delay.filter, delay.flows)
+            }
+            FaultSpec::Bandwidth(b) => {
+                write!(f, "bandwidth:rate={}bps,burst={}B", b.rate, b.burst)?;
+                write_filter(f, &b.filter, b.flows)
+            }
+            FaultSpec::Corrupt(c) => {
+                write!(f, "corrupt:p={},bytes={}", c.p, c.bytes)?;
+                write_filter(f, &c.filter, c.flows)
+            }
+            FaultSpec::Duplicate(dup) => {
+                write!(f, "duplicate:p={}", dup.p)?;
+                write_filter(f, &dup.filter, dup.flows)
+            }
+            FaultSpec::Connect(c) => {
+                match c.outcome {
+                    ConnectOutcome::Errno(e) => write!(f, "connect:errno={}", e.name)?,
+                    ConnectOutcome::Redirect(to) => write!(f, "connect:redirect={to}")?,
+                }
+                write!(f, ",p={}", c.p)?;
+                let filter = PacketFilter {
+                    proto: c.proto,
+                    src: None,
+                    dst: c.dst,
+                    sport: None,
+                    dport: c.dport,
+                };
+                write_filter(f, &filter, c.flows)
+            }
+            FaultSpec::Reset(r) => {
+                let filter = PacketFilter {
+                    proto: Proto::Any,
+                    src: r.src,
+                    dst: r.dst,
+                    sport: r.sport,
+                    dport: r.dport,
+                };
+                let rest = format!("{}", FilterText(&filter, r.flows));
+                match r.interval {
+                    Some(i) => write!(f, "reset:interval={}{rest}", d(&i)),
+                    None if rest.is_empty() => f.write_str("reset"),
+                    None => write!(f, "reset:{}", &rest[1..]),
+                }
+            }
+            FaultSpec::Dns(dns) => {
+                write!(f, "dns:name={},answer={},p={}", dns.name, dns.answer, dns.p)?;
+                if dns.flows < 1.0 {
+                    write!(f, ",flows={}", dns.flows)?;
+                }
+                Ok(())
+            }
+            FaultSpec::XdpDrop(x) => {
+                write!(f, "xdp-drop:dev={},p={}", x.dev, x.p)?;
+                write_filter(f, &x.filter, x.flows)
             }
         }
     }
 }
 
-fn write_filter(f: &mut fmt::Formatter<'_>, filter: &PacketFilter) -> fmt::Result {
+/// The filter keys of a spec, each after a comma.
+struct FilterText<'a>(&'a PacketFilter, f64);
+
+impl fmt::Display for FilterText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_filter(f, self.0, self.1)
+    }
+}
+
+fn write_filter(f: &mut fmt::Formatter<'_>, filter: &PacketFilter, flows: f64) -> fmt::Result {
     match filter.proto {
         Proto::Any => {}
         Proto::Tcp => f.write_str(",proto=tcp")?,
@@ -202,6 +562,9 @@ fn write_filter(f: &mut fmt::Formatter<'_>, filter: &PacketFilter) -> fmt::Resul
     if let Some(dport) = filter.dport {
         write!(f, ",dport={dport}")?;
     }
+    if flows < 1.0 {
+        write!(f, ",flows={flows}")?;
+    }
     Ok(())
 }
 
@@ -213,7 +576,43 @@ impl FromStr for FaultSpec {
     }
 }
 
-const LOSS_KEYS: &[&str] = &["p", "dir", "proto", "src", "dst", "sport", "dport"];
+const FILTER_KEYS: &[&str] = &["proto", "src", "dst", "sport", "dport", "flows"];
+
+/// The keys each kind takes, as `--help` and error messages list them.
+pub fn keys_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "loss" => &[
+            "p",
+            "dir",
+            "model",
+            "enter_bad",
+            "leave_bad",
+            "loss_bad",
+            "loss_good",
+            "proto",
+            "src",
+            "dst",
+            "sport",
+            "dport",
+            "flows",
+        ],
+        "delay" => &[
+            "time", "jitter", "proto", "src", "dst", "sport", "dport", "flows",
+        ],
+        "bandwidth" => &[
+            "rate", "burst", "proto", "src", "dst", "sport", "dport", "flows",
+        ],
+        "corrupt" => &[
+            "p", "bytes", "proto", "src", "dst", "sport", "dport", "flows",
+        ],
+        "duplicate" => &["p", "proto", "src", "dst", "sport", "dport", "flows"],
+        "connect" => &["errno", "redirect", "p", "proto", "dst", "dport", "flows"],
+        "reset" => &["interval", "src", "dst", "sport", "dport", "flows"],
+        "dns" => &["name", "answer", "p", "flows"],
+        "xdp-drop" => &["dev", "p", "proto", "src", "dst", "sport", "dport", "flows"],
+        _ => FILTER_KEYS,
+    }
+}
 
 /// Parses one fault spec. Pure: no system state is read.
 pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
@@ -223,10 +622,152 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
     }
     let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
     let kind = kind.trim();
+    if !KINDS.contains(&kind) {
+        return Err(SpecError::UnknownKind(kind.to_string()));
+    }
     let pairs = split_pairs(kind, rest)?;
-    match kind {
-        "loss" => parse_loss(kind, &pairs).map(FaultSpec::Loss),
-        _ => Err(SpecError::UnknownKind(kind.to_string())),
+    let mut keys = Keys {
+        kind,
+        pairs: pairs.clone(),
+    };
+    let spec = match kind {
+        "loss" => FaultSpec::Loss(parse_loss(&mut keys)?),
+        "delay" => FaultSpec::Delay(parse_delay(&mut keys)?),
+        "bandwidth" => FaultSpec::Bandwidth(parse_bandwidth(&mut keys)?),
+        "corrupt" => {
+            let p = keys.probability("p", "corrupt:p=0.01")?;
+            let bytes = match keys.take("bytes") {
+                None => 1,
+                Some(v) => match v.parse::<u8>() {
+                    Ok(n @ 1..=64) => n,
+                    _ => return Err(bad("bytes", v, "expected a count of bytes from 1 to 64")),
+                },
+            };
+            let (filter, flows) = keys.filter()?;
+            FaultSpec::Corrupt(CorruptSpec {
+                p,
+                bytes,
+                filter,
+                flows,
+            })
+        }
+        "duplicate" => {
+            let p = keys.probability("p", "duplicate:p=0.05")?;
+            let (filter, flows) = keys.filter()?;
+            FaultSpec::Duplicate(DuplicateSpec { p, filter, flows })
+        }
+        "connect" => FaultSpec::Connect(parse_connect(&mut keys)?),
+        "reset" => {
+            let interval = keys
+                .take("interval")
+                .map(|v| parse_duration("interval", v))
+                .transpose()?;
+            let (filter, flows) = keys.filter()?;
+            if filter.proto != Proto::Any {
+                return Err(SpecError::Conflict(
+                    "reset aborts TCP connections only; leave proto out".into(),
+                ));
+            }
+            FaultSpec::Reset(ResetSpec {
+                interval,
+                src: filter.src,
+                dst: filter.dst,
+                sport: filter.sport,
+                dport: filter.dport,
+                flows,
+            })
+        }
+        "dns" => FaultSpec::Dns(parse_dns(&mut keys)?),
+        "xdp-drop" => {
+            let Some(dev) = keys.take("dev") else {
+                return Err(missing(kind, "dev", "xdp-drop:dev=eth0,p=0.1"));
+            };
+            if dev.len() >= 16 || dev.contains(['/', ' ']) {
+                return Err(bad("dev", dev, "expected an interface name, such as eth0"));
+            }
+            let dev = dev.to_string();
+            let p = keys.probability("p", "xdp-drop:dev=eth0,p=0.1")?;
+            let (filter, flows) = keys.filter()?;
+            FaultSpec::XdpDrop(XdpDropSpec {
+                dev,
+                p,
+                filter,
+                flows,
+            })
+        }
+        _ => return Err(SpecError::UnknownKind(kind.to_string())),
+    };
+    keys.finish()?;
+    Ok(spec)
+}
+
+/// The key=value pairs of one spec, taken one by one by the kind's parser; any left over at
+/// the end is an unknown key.
+struct Keys<'a> {
+    kind: &'a str,
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Keys<'a> {
+    fn take(&mut self, key: &str) -> Option<&'a str> {
+        let at = self.pairs.iter().position(|(k, _)| *k == key)?;
+        Some(self.pairs.remove(at).1)
+    }
+
+    /// A required probability, or 1 when `example` is empty and the key is missing.
+    fn probability(&mut self, key: &'static str, example: &'static str) -> Result<f64, SpecError> {
+        match self.take(key) {
+            Some(v) => parse_probability(key, v),
+            None if example.is_empty() => Ok(1.0),
+            None => Err(missing(self.kind, key, example)),
+        }
+    }
+
+    /// The shared filter keys and `flows`.
+    fn filter(&mut self) -> Result<(PacketFilter, f64), SpecError> {
+        let mut filter = PacketFilter {
+            proto: Proto::Any,
+            src: None,
+            dst: None,
+            sport: None,
+            dport: None,
+        };
+        for key in ["proto", "src", "dst", "sport", "dport"] {
+            if let Some(value) = self.take(key) {
+                parse_filter_key(&mut filter, key, value)?;
+            }
+        }
+        check_filter(&filter)?;
+        let flows = match self.take("flows") {
+            None => 1.0,
+            Some(v) => {
+                let share = parse_probability("flows", v)?;
+                if share == 0.0 {
+                    return Err(bad("flows", v, "a share of flows above 0, such as 0.3"));
+                }
+                share
+            }
+        };
+        Ok((filter, flows))
+    }
+
+    fn finish(self) -> Result<(), SpecError> {
+        match self.pairs.first() {
+            None => Ok(()),
+            Some((key, _)) => Err(SpecError::UnknownKey {
+                kind: self.kind.to_string(),
+                key: key.to_string(),
+                known: keys_of(self.kind),
+            }),
+        }
+    }
+}
+
+fn missing(kind: &str, key: &'static str, example: &'static str) -> SpecError {
+    SpecError::MissingKey {
+        kind: kind.to_string(),
+        key,
+        example,
     }
 }
 
@@ -261,39 +802,263 @@ fn split_pairs<'a>(kind: &str, rest: &'a str) -> Result<Vec<(&'a str, &'a str)>,
     Ok(pairs)
 }
 
-fn parse_loss(kind: &str, pairs: &[(&str, &str)]) -> Result<LossSpec, SpecError> {
-    let mut p = None;
-    let mut dir = Direction::Both;
-    let mut filter = PacketFilter {
-        proto: Proto::Any,
-        src: None,
-        dst: None,
-        sport: None,
-        dport: None,
+const GILBERT_EXAMPLE: &str = "loss:model=gilbert,enter_bad=0.01,leave_bad=0.3";
+
+fn parse_loss(keys: &mut Keys) -> Result<LossSpec, SpecError> {
+    let dir = keys.take("dir").map(parse_direction).transpose()?;
+    let model = match keys.take("model") {
+        None | Some("bernoulli") => None,
+        Some("gilbert") => Some(()),
+        Some(v) => return Err(bad("model", v, "expected bernoulli or gilbert")),
     };
-    for &(key, value) in pairs {
-        match key {
-            "p" => p = Some(parse_probability(key, value)?),
-            "dir" => dir = parse_direction(value)?,
-            _ if parse_filter_key(&mut filter, key, value)? => {}
-            _ => {
-                return Err(SpecError::UnknownKey {
-                    kind: kind.to_string(),
-                    key: key.to_string(),
-                    known: LOSS_KEYS,
-                });
-            }
+    let gilbert_keys = ["enter_bad", "leave_bad", "loss_bad", "loss_good"];
+    let (p, model) = if model.is_some() {
+        if keys.take("p").is_some() {
+            return Err(SpecError::Conflict(
+                "model=gilbert takes enter_bad, leave_bad, loss_bad and loss_good, not p".into(),
+            ));
+        }
+        let enter_bad = keys.probability("enter_bad", GILBERT_EXAMPLE)?;
+        let leave_bad = keys.probability("leave_bad", GILBERT_EXAMPLE)?;
+        if leave_bad == 0.0 || enter_bad == 0.0 {
+            return Err(SpecError::Conflict(
+                "with enter_bad=0 or leave_bad=0 a flow never changes state; \
+                 for loss without bursts, use p"
+                    .into(),
+            ));
+        }
+        let loss_bad = keys.probability("loss_bad", "")?;
+        let loss_good = match keys.take("loss_good") {
+            Some(v) => parse_probability("loss_good", v)?,
+            None => 0.0,
+        };
+        let model = LossModel::Gilbert {
+            enter_bad,
+            leave_bad,
+            loss_bad,
+            loss_good,
+        };
+        (model.theory(0.0).0, model)
+    } else {
+        if let Some(key) = gilbert_keys.iter().find(|k| keys.take(k).is_some()) {
+            return Err(SpecError::Conflict(format!(
+                "`{key}` belongs to model=gilbert; add model=gilbert or leave it out"
+            )));
+        }
+        (keys.probability("p", "loss:p=0.1")?, LossModel::Bernoulli)
+    };
+    let (filter, flows) = keys.filter()?;
+    Ok(LossSpec {
+        p,
+        dir: dir.unwrap_or(Direction::Both),
+        model,
+        filter,
+        flows,
+    })
+}
+
+fn parse_delay(keys: &mut Keys) -> Result<DelaySpec, SpecError> {
+    let Some(time) = keys.take("time") else {
+        return Err(missing(keys.kind, "time", "delay:time=100ms,jitter=10ms"));
+    };
+    let time = parse_duration("time", time)?;
+    if time > MAX_DELAY {
+        return Err(bad(
+            "time",
+            &humantime::format_duration(time).to_string(),
+            "at most 60s",
+        ));
+    }
+    let jitter = match keys.take("jitter") {
+        None => Duration::ZERO,
+        Some(v) => parse_duration("jitter", v)?,
+    };
+    if jitter > time {
+        return Err(SpecError::Conflict(
+            "jitter is spread on both sides of time, so it cannot be larger than time".into(),
+        ));
+    }
+    let (filter, flows) = keys.filter()?;
+    Ok(DelaySpec {
+        time,
+        jitter,
+        filter,
+        flows,
+    })
+}
+
+/// The longest `delay` the `fq` qdisc is set up for.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+fn parse_bandwidth(keys: &mut Keys) -> Result<BandwidthSpec, SpecError> {
+    let Some(rate) = keys.take("rate") else {
+        return Err(missing(keys.kind, "rate", "bandwidth:rate=1mbit"));
+    };
+    let rate = parse_rate("rate", rate)?;
+    let burst = match keys.take("burst") {
+        // Ten milliseconds at the rate, and at least one full-size packet of loopback.
+        None => (rate / 100).max(64 * 1024),
+        Some(v) => parse_size("burst", v)?,
+    };
+    if burst == 0 || burst > 1 << 30 {
+        return Err(bad("burst", &burst.to_string(), "between 1 byte and 1GiB"));
+    }
+    let (filter, flows) = keys.filter()?;
+    Ok(BandwidthSpec {
+        rate,
+        burst,
+        filter,
+        flows,
+    })
+}
+
+/// A rate in tc's units, in bytes per second: `kbit`, `mbit`, `gbit` (bits), `bps`, `kbps`,
+/// `mbps`, `gbps` (bytes); IEC prefixes (`kibit`, `mibps`) count in 1024s.
+pub fn parse_rate(key: &str, value: &str) -> Result<u64, SpecError> {
+    let expected = "expected a rate with tc's units, such as 1mbit, 500kbit or 200kbps";
+    let lower = value.to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| bad(key, value, expected))?;
+    let (number, unit) = lower.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad(key, value, expected))?;
+    let (prefix, bits) = if let Some(p) = unit.strip_suffix("bit") {
+        (p, true)
+    } else if let Some(p) = unit.strip_suffix("bps") {
+        (p, false)
+    } else {
+        return Err(bad(key, value, expected));
+    };
+    let scale: f64 = match prefix {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0f64.powi(4),
+        _ => return Err(bad(key, value, expected)),
+    };
+    let bytes = number * scale / if bits { 8.0 } else { 1.0 };
+    if !(1.0..=1e13).contains(&bytes) {
+        return Err(bad(key, value, "between 8bit and 10tbps"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// A size in bytes: a plain number of bytes or IEC units (`64KiB`, `1MiB`).
+pub fn parse_size(key: &str, value: &str) -> Result<u64, SpecError> {
+    let size: bytesize::ByteSize = value
+        .parse()
+        .map_err(|_| bad(key, value, "expected a size such as 1500, 64KiB or 1MiB"))?;
+    Ok(size.as_u64())
+}
+
+fn parse_connect(keys: &mut Keys) -> Result<ConnectSpec, SpecError> {
+    let errno = keys.take("errno");
+    let redirect = keys.take("redirect");
+    let outcome = match (errno, redirect) {
+        (Some(e), None) => ConnectOutcome::Errno(parse_errno("errno", e)?),
+        (None, Some(r)) => {
+            let to: SocketAddr = r.parse().map_err(|_| {
+                bad(
+                    "redirect",
+                    r,
+                    "expected ADDR:PORT, such as 127.0.0.1:8080 or [::1]:8080",
+                )
+            })?;
+            ConnectOutcome::Redirect(to)
+        }
+        (Some(_), Some(_)) => {
+            return Err(SpecError::Conflict(
+                "give errno or redirect, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(missing(
+                keys.kind,
+                "errno",
+                "connect:errno=ECONNREFUSED,dport=5432",
+            ));
+        }
+    };
+    let p = keys.probability("p", "")?;
+    let (filter, flows) = keys.filter()?;
+    if filter.src.is_some() || filter.sport.is_some() {
+        return Err(SpecError::Conflict(
+            "connect matches the destination only (dst, dport); a connecting socket has no \
+             source yet"
+                .into(),
+        ));
+    }
+    if filter.proto == Proto::Icmp {
+        return Err(bad("proto", "icmp", "connect takes proto=tcp, udp or any"));
+    }
+    if let (ConnectOutcome::Redirect(to), Some(dst)) = (outcome, filter.dst) {
+        if to.is_ipv4() != dst.addr().is_ipv4() {
+            return Err(SpecError::Conflict(format!(
+                "redirect={to} and dst={dst} are of different address families; a socket can \
+                 only be sent to an address of its own family"
+            )));
         }
     }
-    let Some(p) = p else {
-        return Err(SpecError::MissingKey {
-            kind: kind.to_string(),
-            key: "p",
-            example: "loss:p=0.1",
-        });
+    Ok(ConnectSpec {
+        p,
+        outcome,
+        proto: filter.proto,
+        dst: filter.dst,
+        dport: filter.dport,
+        flows,
+    })
+}
+
+fn parse_dns(keys: &mut Keys) -> Result<DnsSpec, SpecError> {
+    let name = keys.take("name").unwrap_or("*");
+    let valid = name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '.' | '-' | '_'));
+    if !valid {
+        return Err(bad(
+            "name",
+            name,
+            "expected a name or a glob of letters, digits, `-`, `.` and `*`, such as *.example.com",
+        ));
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let Some(answer) = keys.take("answer") else {
+        return Err(missing(
+            keys.kind,
+            "answer",
+            "dns:name=*.example.com,answer=nxdomain",
+        ));
     };
-    check_filter(&filter)?;
-    Ok(LossSpec { p, dir, filter })
+    let answer = match answer.to_ascii_lowercase().as_str() {
+        "nxdomain" => DnsAnswer::Nxdomain,
+        "servfail" => DnsAnswer::Servfail,
+        "refused" => DnsAnswer::Refused,
+        "timeout" => DnsAnswer::Timeout,
+        other => DnsAnswer::Addr(other.parse().map_err(|_| {
+            bad(
+                "answer",
+                answer,
+                "expected nxdomain, servfail, refused, timeout or an address",
+            )
+        })?),
+    };
+    let p = keys.probability("p", "")?;
+    let flows = match keys.take("flows") {
+        None => 1.0,
+        Some(v) => parse_probability("flows", v)?,
+    };
+    Ok(DnsSpec {
+        name: if name.is_empty() { "*".into() } else { name },
+        answer,
+        p,
+        flows,
+    })
 }
 
 /// Sets `filter` from one of the shared filter keys; returns false for any other key.
@@ -476,7 +1241,7 @@ mod tests {
         assert_eq!(l.filter.src.unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(l.filter.sport, Some(Ports { lo: 1000, hi: 2000 }));
         assert_eq!(l.filter.dport, Some(Ports { lo: 53, hi: 53 }));
-        assert_eq!(l.threshold(), 1 << 32);
+        assert_eq!(threshold(l.p), 1 << 32);
     }
 
     #[test]
@@ -490,6 +1255,17 @@ mod tests {
         for text in [
             "loss:p=0.3",
             "loss:p=0.05,dir=ingress,proto=tcp,dst=127.0.0.0/8,dport=80-90",
+            "loss:model=gilbert,enter_bad=0.01,leave_bad=0.3,loss_bad=0.9,flows=0.5",
+            "delay:time=100ms,jitter=10ms,proto=icmp",
+            "bandwidth:rate=1mbit,burst=32KiB,dport=443",
+            "corrupt:p=0.01,bytes=4",
+            "duplicate:p=0.2,flows=0.3",
+            "connect:errno=econnrefused,dport=5432",
+            "connect:redirect=[::1]:8080,p=0.5",
+            "reset",
+            "reset:interval=2s,dport=80",
+            "dns:name=*.Example.com.,answer=198.51.100.1,p=0.5,flows=0.2",
+            "xdp-drop:dev=lo,p=0.1,proto=udp",
         ] {
             let spec = parse_fault(text).unwrap();
             assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
@@ -509,17 +1285,89 @@ mod tests {
     }
 
     #[test]
+    fn units_are_tcs() {
+        assert_eq!(parse_rate("r", "1mbit").unwrap(), 125_000);
+        assert_eq!(parse_rate("r", "200kbps").unwrap(), 200_000);
+        assert_eq!(parse_rate("r", "1kibit").unwrap(), 128);
+        assert_eq!(parse_rate("r", "1.5gbit").unwrap(), 187_500_000);
+        assert_eq!(parse_size("b", "64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("b", "1500").unwrap(), 1500);
+    }
+
+    #[test]
+    fn gilbert_theory() {
+        let FaultSpec::Loss(l) =
+            parse_fault("loss:model=gilbert,enter_bad=0.01,leave_bad=0.25").unwrap()
+        else {
+            panic!()
+        };
+        let (mean, burst) = l.model.theory(l.p);
+        assert!((mean - 0.01 / 0.26).abs() < 1e-12 && (l.p - mean).abs() < 1e-12);
+        assert!((burst - 4.0).abs() < 1e-12);
+    }
+
+    #[test]
     fn thresholds() {
-        assert_eq!(loss("loss:p=0").threshold(), 0);
-        assert_eq!(loss("loss:p=0.5").threshold(), 1 << 31);
-        assert_eq!(loss("loss:p=1").threshold(), 1 << 32);
+        assert_eq!(threshold(loss("loss:p=0").p), 0);
+        assert_eq!(threshold(loss("loss:p=0.5").p), 1 << 31);
+        assert_eq!(threshold(loss("loss:p=1").p), 1 << 32);
     }
 
     #[test]
     fn bad_input_is_named() {
         let cases: &[(&str, &str)] = &[
             ("", "empty"),
-            ("delay:for=10ms", "unknown fault kind `delay`"),
+            ("latency:for=10ms", "unknown fault kind `latency`"),
+            ("delay:for=10ms", "`delay` needs `time`"),
+            ("delay:time=10", "bad value `10` for `time`"),
+            ("delay:time=10ms,jitter=20ms", "cannot be larger than time"),
+            ("delay:time=2m", "at most 60s"),
+            ("bandwidth", "`bandwidth` needs `rate`"),
+            ("bandwidth:rate=1000", "bad value `1000` for `rate`"),
+            ("bandwidth:rate=1mbyte", "bad value `1mbyte` for `rate`"),
+            ("bandwidth:rate=1mbit,burst=2GiB", "1GiB"),
+            (
+                "bandwidth:rate=1mbit,burst=lots",
+                "bad value `lots` for `burst`",
+            ),
+            ("corrupt:p=0.1,bytes=0", "bad value `0` for `bytes`"),
+            ("corrupt:p=0.1,bytes=65", "bad value `65` for `bytes`"),
+            ("duplicate", "`duplicate` needs `p`"),
+            ("connect", "`connect` needs `errno`"),
+            (
+                "connect:errno=EWHATEVER",
+                "bad value `EWHATEVER` for `errno`",
+            ),
+            ("connect:errno=EIO,redirect=127.0.0.1:1", "not both"),
+            (
+                "connect:redirect=127.0.0.1",
+                "bad value `127.0.0.1` for `redirect`",
+            ),
+            ("connect:errno=EIO,sport=1", "destination only"),
+            (
+                "connect:redirect=[::1]:80,dst=10.0.0.0/8",
+                "different address families",
+            ),
+            ("reset:interval=0s", "longer than zero"),
+            ("reset:proto=udp", "TCP connections only"),
+            ("dns", "`dns` needs `answer`"),
+            ("dns:answer=maybe", "bad value `maybe` for `answer`"),
+            ("dns:name=a/b,answer=nxdomain", "bad value `a/b` for `name`"),
+            ("xdp-drop:p=1", "`xdp-drop` needs `dev`"),
+            ("xdp-drop:dev=a/b,p=1", "bad value `a/b` for `dev`"),
+            ("loss:p=0.1,flows=0", "a share of flows above 0"),
+            ("loss:p=0.1,flows=2", "bad value `2` for `flows`"),
+            ("loss:model=gilbert", "`loss` needs `enter_bad`"),
+            (
+                "loss:model=gilbert,enter_bad=0.1,leave_bad=0.2,p=0.1",
+                "not p",
+            ),
+            ("loss:p=0.1,leave_bad=0.2", "belongs to model=gilbert"),
+            ("loss:model=markov,p=0.1", "bad value `markov` for `model`"),
+            (
+                "loss:model=gilbert,enter_bad=0,leave_bad=0.2",
+                "never changes state",
+            ),
             ("loss", "`loss` needs `p`"),
             ("loss:p=1.5", "bad value `1.5` for `p`"),
             ("loss:p=-0.1", "bad value `-0.1` for `p`"),

@@ -250,6 +250,156 @@ fn program_errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
+/// Fails, naming the cause, unless this kernel has the `fq` qdisc that `delay` needs.
+pub fn check_fq() -> Result<(), FqMissing> {
+    probe_qdisc("fq").map_err(FqMissing)
+}
+
+/// The kernel lacks `fq`; the text is what `tc` said.
+#[derive(Debug, thiserror::Error)]
+#[error("delay needs the fq qdisc (CONFIG_NET_SCH_FQ), which this kernel refused: {0}")]
+pub struct FqMissing(String);
+
+impl crate::error::Classify for FqMissing {
+    fn class(&self) -> crate::error::Class {
+        crate::error::Class::Environment
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some("load the module (`modprobe sch_fq`) or use a kernel built with it".into())
+    }
+}
+
+/// Adds the qdisc to `lo` of a network namespace that lives as long as one `tc` command, to
+/// learn whether this kernel has it without touching any interface of the host.
+pub fn probe_qdisc(kind: &str) -> Result<(), String> {
+    use std::os::unix::process::CommandExt as _;
+    let mut tc = Command::new("tc");
+    tc.args(["qdisc", "add", "dev", "lo", "root", kind]);
+    // SAFETY: unshare(2) between fork and exec touches only the child's own namespaces.
+    unsafe {
+        tc.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match tc.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        Err(e) => Err(format!(
+            "cannot run `tc` (iproute2) in a new network namespace: {e}"
+        )),
+    }
+}
+
+/// The major handle of this session's `fq` qdiscs: one per process, so that a qdisc is only
+/// ever removed by the session (or the recovery of the session) that made it.
+fn fq_handle() -> u16 {
+    0xc000 | (std::process::id() & 0x0fff) as u16
+}
+
+/// One qdisc as `tc -json qdisc show` prints it.
+#[derive(serde::Deserialize)]
+struct ShownQdisc {
+    kind: String,
+    handle: String,
+}
+
+/// The root qdisc of `interface`, or None when the interface is gone.
+fn root_qdisc(interface: &str) -> Result<Option<ShownQdisc>> {
+    let out = Command::new("tc")
+        .args(["-json", "qdisc", "show", "dev", interface, "root"])
+        .output()
+        .context("run `tc` (iproute2) to read a root qdisc")?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let shown: Vec<ShownQdisc> =
+        serde_json::from_slice(&out.stdout).context("parse the output of `tc -json qdisc show`")?;
+    Ok(shown.into_iter().next())
+}
+
+/// Puts an `fq` root qdisc on every interface that lacks this session's, deep enough for
+/// `max_delay` at high rates; each goes into `undo` first. A root qdisc that someone set up
+/// (anything but the kernel's default) is refused rather than replaced.
+pub fn install_fq_everywhere(undo: &mut UndoLog, max_delay: std::time::Duration) -> Result<()> {
+    let handle = fq_handle();
+    let ours = format!("{handle:x}:");
+    for interface in crate::loader::interfaces() {
+        let name = &interface.name;
+        let Some(root) = root_qdisc(name)? else {
+            continue;
+        };
+        if root.kind == "fq" && root.handle == ours {
+            continue;
+        }
+        anyhow::ensure!(
+            root.handle == "0:",
+            "{name} has a root qdisc `{} {}` that someone set up; delay would have to replace \
+             it with fq. Remove it (`tc qdisc del dev {name} root`) or leave delay out",
+            root.kind,
+            root.handle
+        );
+        let entry = Entry::FqQdisc {
+            interface: name.clone(),
+            handle,
+        };
+        undo.push(entry.clone())?;
+        // A horizon past the longest delay, and room for a full window of packets per flow.
+        let horizon = format!("{}s", max_delay.as_secs() + 10);
+        let out = Command::new("tc")
+            .args([
+                "qdisc", "replace", "dev", name, "root", "handle", &ours, "fq",
+            ])
+            .args([
+                "limit",
+                "1000000",
+                "flow_limit",
+                "100000",
+                "horizon",
+                &horizon,
+            ])
+            .arg("horizon_cap")
+            .output()
+            .context("run `tc` (iproute2) to add an fq qdisc")?;
+        if !out.status.success() {
+            undo.forget(&entry)?;
+            // The interface went away between listing and adding.
+            if root_qdisc(name)?.is_none() {
+                continue;
+            }
+            anyhow::bail!(
+                "tc qdisc replace dev {name} root fq: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes an `fq` root qdisc a session made, if it is still there; the interface gets its
+/// default qdisc back.
+pub fn undo_fq(interface: &str, handle: u16) -> Result<Outcome> {
+    let Some(root) = root_qdisc(interface)? else {
+        return Ok(Outcome::AlreadyGone);
+    };
+    if root.kind != "fq" || root.handle != format!("{handle:x}:") {
+        return Ok(Outcome::AlreadyGone);
+    }
+    let out = Command::new("tc")
+        .args(["qdisc", "del", "dev", interface, "root"])
+        .output()
+        .context("run `tc` (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tc qdisc del dev {interface} root: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(Outcome::Undone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +408,7 @@ mod tests {
     fn reads_tc_json_of_either_iproute2() {
         let text = r#"[{"protocol":"all","pref":1,"kind":"bpf","chain":0},
             {"protocol":"all","pref":1,"kind":"bpf","chain":0,"options":{"handle":"0x1",
-             "bpf_name":"loss_egress","prog":{"id":5,"name":"loss_egress"}}},
+             "bpf_name":"chaos_egress","prog":{"id":5,"name":"chaos_egress"}}},
             {"protocol":"all","pref":7,"kind":"matchall","chain":0,"options":{"handle":1}}]"#;
         let shown: Vec<ShownFilter> = serde_json::from_str(text).unwrap();
         let handles: Vec<Option<u32>> = shown

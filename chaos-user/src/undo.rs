@@ -35,6 +35,13 @@ pub enum Entry {
     },
     /// A clsact qdisc that the session added to an interface (kernels without tcx).
     ClsactQdisc { interface: String },
+    /// An `fq` root qdisc that `delay` put in place of the interface's default one; removing
+    /// it brings the default back.
+    FqQdisc {
+        interface: String,
+        /// The qdisc's major handle, so that a qdisc someone made since is never removed.
+        handle: u16,
+    },
 }
 
 impl std::fmt::Display for Entry {
@@ -53,6 +60,9 @@ impl std::fmt::Display for Entry {
                 )
             }
             Entry::ClsactQdisc { interface } => write!(f, "clsact qdisc on {interface}"),
+            Entry::FqQdisc { interface, handle } => {
+                write!(f, "fq root qdisc {handle:x}: on {interface}")
+            }
         }
     }
 }
@@ -97,6 +107,7 @@ pub fn undo(entry: &Entry) -> Result<Outcome> {
             program_id,
         } => crate::tc::undo_filter(interface, *priority, *handle, *program_id),
         Entry::ClsactQdisc { interface } => crate::tc::undo_qdisc(interface),
+        Entry::FqQdisc { interface, handle } => crate::tc::undo_fq(interface, *handle),
     }
 }
 

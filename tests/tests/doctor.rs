@@ -45,7 +45,7 @@ fn doctor_tells_the_truth() {
     assert!(status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("doctor's JSON");
     println!("{v:#}");
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 2);
     let kernel = v["kernel"].as_str().expect("kernel");
     let Some(want) = known(kernel) else {
         skip(&format!("no known expectations for kernel {kernel}"));
@@ -77,4 +77,18 @@ fn doctor_tells_the_truth() {
     assert_eq!(loss["available"], true, "{loss}");
     let via = if want.tcx { "tcx" } else { "clsact" };
     assert!(loss["how"].as_str().expect("how").contains(via), "{loss}");
+    for fault in v["faults"].as_array().expect("faults") {
+        let kind = fault["kind"].as_str().expect("kind");
+        // Only delay depends on something these kernels may lack (fq).
+        let want_available = kind != "delay" || want.fq;
+        assert_eq!(fault["available"], want_available, "{fault}");
+        assert_eq!(fault["reason"].is_string(), !want_available, "{fault}");
+    }
+    let kinds: Vec<&str> = v["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .filter_map(|f| f["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, chaos_user::spec::KINDS, "every kind is listed");
 }

@@ -66,7 +66,7 @@ fn udp_loss_rate_is_binomial_and_silent() {
     assert_eq!(egress["matched"], u64::from(n), "{r}");
     assert_eq!(egress["injected"], lost, "the counters are exact: {r}");
     assert_eq!(egress["passed"], received, "{r}");
-    assert_eq!(r["schema_version"], 1);
+    assert_eq!(r["schema_version"], 2);
 }
 
 #[test]

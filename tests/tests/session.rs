@@ -396,7 +396,7 @@ fn a_clsact_qdisc_already_there_is_left_alone() {
     let ours_intact = || {
         let (_, filters, _) =
             run(Command::new("tc").args(["filter", "show", "dev", "lo", "egress"]));
-        has_clsact("lo") && filters.contains("matchall") && !filters.contains("loss_egress")
+        has_clsact("lo") && filters.contains("matchall") && !filters.contains("chaos_egress")
     };
     let target = TestCgroup::new("target");
 

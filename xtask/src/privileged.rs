@@ -21,8 +21,8 @@ use crate::util::{cgroup2_mount, is_root, warn_on_err};
 pub const SKIP_MARKER: &str = "chaos-test: SKIP ";
 /// The reason a test prints when it is not root.
 pub const NOT_ROOT: &str = "not root";
-/// The programs chaos-user loads, as the kernel names them.
-const OUR_PROGRAMS: &[&str] = &["loss_egress", "loss_ingress"];
+/// The prefix of the programs chaos-user loads, as the kernel names them.
+const OUR_PROGRAMS: &str = "chaos_";
 const TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug, clap::Args)]
@@ -279,6 +279,17 @@ fn leftovers(cgroup: &Path, runtime: &Path, in_cgroup: bool) -> Vec<String> {
             problems.push(format!("left undo logs: {}", files.join(", ")));
         }
     }
+    // `delay`'s fq qdiscs carry handles c000: to cfff:.
+    let qdiscs = std::process::Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for line in qdiscs.lines() {
+        if line.starts_with("qdisc fq c") {
+            problems.push(format!("left a qdisc: {line}"));
+        }
+    }
     // The kernel frees a program shortly after its last reference goes.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -299,7 +310,7 @@ fn loaded_programs_of_ours() -> Vec<String> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|n| OUR_PROGRAMS.contains(&n.as_str()))
+        .filter(|n| n.starts_with(OUR_PROGRAMS))
         .collect()
 }
 

@@ -1,7 +1,7 @@
 //! `chaos-user doctor`: what this kernel offers, found by asking it: each program is loaded,
 //! each qdisc is added in a throwaway network namespace.
 
-use std::{fs, os::unix::process::CommandExt as _, path::Path, process::Command};
+use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -104,21 +104,83 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             .iter()
             .find(|p| p.program == name)
             .expect("a probed program");
-        p.reason.clone().map_or(Ok(()), Err)
+        p.reason
+            .clone()
+            .map_or(Ok(()), |r| Err(format!("{name}: {r}")))
     };
     let features = Features {
         tcx: loader::has_tcx(),
         fentry: Finding::from_result(loads("probe_fentry")),
         lsm_programs: Finding::from_result(loads("probe_lsm")),
         bpf_lsm_active: lsm.as_deref().map(|l| l.split(',').any(|m| m == "bpf")),
-        fq: Finding::from_result(probe_qdisc("fq")),
-        netem: Finding::from_result(probe_qdisc("netem")),
+        fq: Finding::from_result(crate::tc::probe_qdisc("fq")),
+        netem: Finding::from_result(crate::tc::probe_qdisc("netem")),
     };
-    let faults = vec![loss_finding(
-        &features,
-        loads("loss_egress"),
-        loads("loss_ingress"),
-    )];
+    let tc = if features.tcx { "tcx" } else { "clsact qdisc" };
+    let sock_diag = crate::cgroup::mount_point()
+        .map_err(|e| e.to_string())
+        .and_then(|m| crate::cgroup::Cgroup::of_process(&m, "self").map_err(|e| e.to_string()))
+        .and_then(|own| {
+            crate::sockdiag::list_tcp(&[own.id], &Default::default()).map_err(|e| e.to_string())
+        })
+        .map(|_| ());
+    let fq = features
+        .fq
+        .reason
+        .clone()
+        .map_or(Ok(()), |r| Err(format!("fq qdisc: {r}")));
+    let faults = vec![
+        fault(
+            "loss",
+            format!("egress: tc classifier via {tc}; ingress: cgroup_skb"),
+            [loads("chaos_egress"), loads("chaos_ingress")],
+        ),
+        fault(
+            "delay",
+            format!("tc classifier via {tc} stamping departure times for fq"),
+            [loads("chaos_egress"), fq],
+        ),
+        fault(
+            "bandwidth",
+            "cgroup_skb egress token bucket".into(),
+            [loads("chaos_cg_egress")],
+        ),
+        fault(
+            "corrupt",
+            format!("tc classifier via {tc}"),
+            [loads("chaos_egress")],
+        ),
+        fault(
+            "duplicate",
+            format!("tc classifier via {tc}"),
+            [loads("chaos_egress")],
+        ),
+        fault(
+            "connect",
+            "cgroup connect4/6 with bpf_set_retval".into(),
+            [loads("chaos_connect4"), loads("chaos_connect6")],
+        ),
+        fault(
+            "reset",
+            "sock_diag socket destroy with a cgroup filter".into(),
+            [sock_diag],
+        ),
+        fault(
+            "dns",
+            "cgroup connect/sendmsg/recvmsg redirect to a responder".into(),
+            [
+                loads("chaos_connect4"),
+                loads("chaos_sendmsg4"),
+                loads("chaos_recvmsg4"),
+                loads("chaos_cg_egress"),
+            ],
+        ),
+        fault(
+            "xdp-drop",
+            "xdp on one interface".into(),
+            [loads("chaos_xdp")],
+        ),
+    ];
     let findings = Findings {
         schema_version: crate::report::SCHEMA_VERSION,
         kernel: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
@@ -147,21 +209,17 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn loss_finding(
-    features: &Features,
-    egress: Result<(), String>,
-    ingress: Result<(), String>,
+/// A fault is available when everything it builds on is; the first refusal is the reason.
+fn fault<const N: usize>(
+    kind: &'static str,
+    how: String,
+    needs: [Result<(), String>; N],
 ) -> FaultFinding {
-    let tc = if features.tcx { "tcx" } else { "clsact qdisc" };
-    let reason = match (&egress, &ingress) {
-        (Ok(()), Ok(())) => None,
-        (Err(e), _) => Some(format!("loss_egress: {e}")),
-        (_, Err(e)) => Some(format!("loss_ingress: {e}")),
-    };
+    let reason = needs.into_iter().find_map(Result::err);
     FaultFinding {
-        kind: "loss",
+        kind,
         available: reason.is_none(),
-        how: format!("egress: tc classifier via {tc}; ingress: cgroup_skb"),
+        how,
         reason,
     }
 }
@@ -228,26 +286,4 @@ fn probe_programs() -> Vec<ProgramFinding> {
             }
         })
         .collect()
-}
-
-/// Adds the qdisc to `lo` of a network namespace that lives as long as one `tc` command.
-fn probe_qdisc(kind: &str) -> Result<(), String> {
-    let mut tc = Command::new("tc");
-    tc.args(["qdisc", "add", "dev", "lo", "root", kind]);
-    // SAFETY: unshare(2) between fork and exec touches only the child's own namespaces.
-    unsafe {
-        tc.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    match tc.output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        Err(e) => Err(format!(
-            "cannot run `tc` (iproute2) in a new network namespace: {e}"
-        )),
-    }
 }

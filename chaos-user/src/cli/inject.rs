@@ -17,16 +17,35 @@ use crate::{
 
 pub(super) fn main(args: InjectArgs) -> Result<i32> {
     let (faults, duration) = args.faults.parse()?;
-    if args.cgroup.trim().is_empty() {
-        return Err(crate::error::UsageError {
-            message: "--cgroup is empty".into(),
-            hint: Some("name a cgroup; the root cgroup is `/` (with --force)".into()),
+    // Refused here, before anything is looked up or loaded.
+    Plan::dry(&faults)?;
+    let target = match args.cgroup.as_deref() {
+        Some(path) if path.trim().is_empty() => {
+            return Err(crate::error::UsageError {
+                message: "--cgroup is empty".into(),
+                hint: Some("name a cgroup; the root cgroup is `/` (with --force)".into()),
+            }
+            .into());
         }
-        .into());
-    }
-    let mount = cgroup::mount_point()?;
-    let target = Cgroup::resolve(&mount, &args.cgroup).context("--cgroup")?;
-    cgroup::check_guardrails(&mount, &target, args.force)?;
+        Some(path) => {
+            let mount = cgroup::mount_point()?;
+            let target = Cgroup::resolve(&mount, path).context("--cgroup")?;
+            cgroup::check_guardrails(&mount, &target, args.force)?;
+            Some(target)
+        }
+        None => {
+            if let Some(f) = faults.iter().find(|f| f.needs_cgroup()) {
+                return Err(crate::error::UsageError {
+                    message: format!("`{}` acts on a cgroup: --cgroup is needed", f.kind()),
+                    hint: Some(
+                        "name the target, for example --cgroup system.slice/nginx.service".into(),
+                    ),
+                }
+                .into());
+            }
+            None
+        }
+    };
     report_leftovers();
     loader::check_ready()?;
 
@@ -43,7 +62,7 @@ pub(super) fn main(args: InjectArgs) -> Result<i32> {
 
 fn inject(
     args: &InjectArgs,
-    target: Cgroup,
+    target: Option<Cgroup>,
     faults: Vec<FaultSpec>,
     duration: Option<Duration>,
     undo: &mut UndoLog,
@@ -54,9 +73,12 @@ fn inject(
     let mut signals = signals::watch()?;
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
     let mut session = Session::start(target.clone(), faults, deadline, undo)?;
+    let what = target.as_ref().map_or_else(
+        || "interfaces".to_string(),
+        |t| format!("cgroup {}", t.name),
+    );
     note!(
-        "chaos-user: injecting into cgroup {} ({}); Ctrl-C to stop",
-        target.name,
+        "chaos-user: injecting into {what} ({}); Ctrl-C to stop",
         session.attachments().join(", ")
     );
 
@@ -67,12 +89,15 @@ fn inject(
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if !session.target().exists() {
+                    if session.target().is_some_and(|t| !t.exists()) {
                         return Ok(EndReason::TargetGone);
                     }
                     for name in session.tick(undo)? {
                         log::info!("attached to new interface {name}");
                     }
+                }
+                () = reset_due(session.next_reset()), if session.next_reset().is_some() => {
+                    session.reset_due()?;
                 }
                 () = sleep_until(end.unwrap_or_else(tokio::time::Instant::now)), if end.is_some() => {
                     return Ok(EndReason::Duration);
@@ -107,7 +132,7 @@ fn inject(
     if reason == EndReason::TargetGone {
         note!(
             "chaos-user: error: the target cgroup {} was removed or replaced",
-            report.target.name
+            report.target.as_ref().map_or("", |t| t.name.as_str())
         );
         return Ok(3);
     }
@@ -119,30 +144,46 @@ fn inject(
 struct DryRun {
     schema_version: u32,
     command: &'static str,
-    target: Cgroup,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<Cgroup>,
     faults: Vec<String>,
     would_attach: Vec<String>,
 }
 
 /// Loads and verifies the programs the faults need and says where they would go.
-fn dry_run(args: &InjectArgs, target: Cgroup, faults: &[FaultSpec]) -> Result<i32> {
-    let plan = Plan::new(faults);
+fn dry_run(args: &InjectArgs, target: Option<Cgroup>, faults: &[FaultSpec]) -> Result<i32> {
+    let plan = Plan::dry(faults)?;
     plan.load()?;
     let mut would_attach = Vec::new();
-    if plan.egress {
+    if plan.fq {
+        crate::tc::check_fq()?;
+        would_attach.push("fq root qdisc on every interface".to_string());
+    }
+    if plan.needs.tc_egress {
         let mode = crate::tc::Mode::detect().name();
         for interface in loader::interfaces() {
             would_attach.push(format!(
-                "loss_egress at {mode} egress of {}",
+                "chaos_egress at {mode} egress of {}",
                 interface.name
             ));
         }
     }
-    if plan.ingress {
-        would_attach.push(format!(
-            "loss_ingress at cgroup_skb ingress of {}",
-            target.name
-        ));
+    for name in plan.needs.programs() {
+        let Some(&(_, hook)) = loader::PROGRAMS.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        match (&target, name) {
+            (_, "chaos_egress") => {}
+            (_, "chaos_xdp") => would_attach.push(format!(
+                "chaos_xdp at xdp of {}",
+                plan.needs.xdp.as_deref().unwrap_or_default()
+            )),
+            (Some(t), _) => would_attach.push(format!("{name} at {hook} of {}", t.name)),
+            (None, _) => {}
+        }
+    }
+    if faults.iter().any(|f| matches!(f, FaultSpec::Dns(_))) {
+        would_attach.push("a DNS responder on 127.0.0.1 and ::1".to_string());
     }
     let plan = DryRun {
         schema_version: crate::report::SCHEMA_VERSION,
@@ -156,10 +197,13 @@ fn dry_run(args: &InjectArgs, target: Cgroup, faults: &[FaultSpec]) -> Result<i3
         .json
         .as_deref()
         .is_some_and(|p| p.as_os_str() == "-");
-    let mut text = format!(
-        "dry run: programs load and verify; nothing attached\ntarget: cgroup {} (id {}, level {})\n",
-        plan.target.name, plan.target.id, plan.target.level
-    );
+    let mut text = "dry run: programs load and verify; nothing attached\n".to_string();
+    if let Some(t) = &plan.target {
+        text += &format!(
+            "target: cgroup {} (id {}, level {})\n",
+            t.name, t.id, t.level
+        );
+    }
     for f in &plan.faults {
         text += &format!("fault: {f}\n");
     }
@@ -180,4 +224,12 @@ fn dry_run(args: &InjectArgs, target: Cgroup, faults: &[FaultSpec]) -> Result<i3
         }
     }
     Ok(0)
+}
+
+/// Sleeps until the next `reset` is due.
+pub(super) async fn reset_due(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }

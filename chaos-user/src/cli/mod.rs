@@ -125,20 +125,8 @@ impl FaultArgs {
             .as_deref()
             .map(|d| parse_duration("--duration", d))
             .transpose()?;
-        let rules = faults
-            .iter()
-            .filter(|f| matches!(f, FaultSpec::Loss(_)))
-            .count();
-        if rules > chaos_common::MAX_LOSS_RULES as usize {
-            return Err(UsageError {
-                message: format!(
-                    "{rules} loss faults given; a target holds at most {}",
-                    chaos_common::MAX_LOSS_RULES
-                ),
-                hint: Some("merge rules, or widen their filters".into()),
-            }
-            .into());
-        }
+        // Faults that parse alone but not together (too many, two interfaces for XDP).
+        crate::session::Plan::dry(&faults)?;
         if let Some(path) = &self.json {
             check_writable(path)?;
         }
@@ -188,9 +176,9 @@ fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 struct InjectArgs {
     /// The target: a cgroup2 directory, absolute or relative to the cgroup2 mount. Its
-    /// descendant cgroups are targeted too.
+    /// descendant cgroups are targeted too. Every fault but xdp-drop needs it.
     #[arg(long, value_name = "PATH")]
-    cgroup: String,
+    cgroup: Option<String>,
 
     #[command(flatten)]
     faults: FaultArgs,

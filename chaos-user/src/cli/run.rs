@@ -109,7 +109,12 @@ fn run_in(
         .build()?;
     let mut signals = signals::watch()?;
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
-    let mut session = Some(Session::start(target.clone(), faults, deadline, undo)?);
+    let mut session = Some(Session::start(
+        Some(target.clone()),
+        faults,
+        deadline,
+        undo,
+    )?);
     if let Some(s) = &session {
         note!(
             "chaos-user: injecting into cgroup {} ({}); starting {}",
@@ -171,6 +176,12 @@ fn run_in(
                         s.tick(undo)?;
                     }
                 }
+                () = super::inject::reset_due(session.as_ref().and_then(|s| s.next_reset())),
+                    if session.as_ref().is_some_and(|s| s.next_reset().is_some()) => {
+                    if let Some(s) = session.as_mut() {
+                        s.reset_due()?;
+                    }
+                }
                 () = sleep_until(end.unwrap_or_else(tokio::time::Instant::now)),
                     if end.is_some() && session.is_some() => {
                     if let Some(s) = session.take() {
@@ -199,7 +210,7 @@ fn run_in(
         let exit_status = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        let mut report = Report::new("run", target.clone(), record, end_reason);
+        let mut report = Report::new("run", Some(target.clone()), record, end_reason);
         report.run = Some(CommandReport {
             argv: args
                 .command

@@ -3,6 +3,10 @@
 //! - `udp-send ADDR COUNT INTERVAL_US`: numbered datagrams; counts sendto errors.
 //! - `udp-recv SECONDS`: binds 127.0.0.1:0, prints `{"port":P}`, counts datagrams for SECONDS.
 //! - `tcp-send ADDR BYTES`: one connection; prints the bytes sent and TCP's retransmissions.
+//! - `tcp-connect ADDR`: one connect(); prints `{"ok":true}` or the errno it failed with.
+//! - `tcp-hold ADDR SECONDS`: connects, then reads until the connection ends or SECONDS pass;
+//!   prints how it ended (`{"errno":N}`, `{"eof":true}` or `{"timeout":true}`).
+//! - `udp-flows ADDR FLOWS COUNT`: COUNT datagrams from each of FLOWS sockets, round robin.
 //! - `demo TCP_ADDR PINGS BYTES`: the demo's workload: ping 127.0.0.1, then `tcp-send`; prints
 //!   ping's own summary next to TCP's retransmissions.
 #![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
@@ -29,6 +33,16 @@ fn main() {
                 tcp_send(arg(1), arg(2).parse().unwrap_or_else(|_| usage()));
             println!("{{\"bytes\":{sent},\"retransmits\":{retransmits}}}");
         }
+        "tcp-connect" => match TcpStream::connect(arg(1)) {
+            Ok(_) => println!("{{\"ok\":true}}"),
+            Err(e) => println!("{{\"errno\":{}}}", e.raw_os_error().unwrap_or(-1)),
+        },
+        "tcp-hold" => tcp_hold(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        "udp-flows" => udp_flows(
+            arg(1),
+            arg(2).parse().unwrap_or_else(|_| usage()),
+            arg(3).parse().unwrap_or_else(|_| usage()),
+        ),
         "demo" => demo(arg(1), arg(2), arg(3).parse().unwrap_or_else(|_| usage())),
         _ => usage(),
     }
@@ -37,6 +51,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS | tcp-send ADDR BYTES \
+         | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | demo TCP_ADDR PINGS BYTES"
     );
     std::process::exit(2);
@@ -63,6 +78,48 @@ fn udp_send(to: &str, count: u32, interval_us: u64) {
         }
     }
     println!("{{\"sent\":{count},\"errors\":{errors},\"first_error\":{first_error:?}}}");
+}
+
+fn tcp_hold(to: &str, seconds: u64) {
+    let mut stream = match TcpStream::connect(to) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{{\"connect_errno\":{}}}", e.raw_os_error().unwrap_or(-1));
+            return;
+        }
+    };
+    println!("{{\"connected\":true}}");
+    std::io::stdout().flush().expect("flush");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(seconds)))
+        .expect("timeout");
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return println!("{{\"eof\":true}}"),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return println!("{{\"timeout\":true}}");
+            }
+            Err(e) => return println!("{{\"errno\":{}}}", e.raw_os_error().unwrap_or(-1)),
+        }
+    }
+}
+
+fn udp_flows(to: &str, flows: usize, count: u32) {
+    let sockets: Vec<UdpSocket> = (0..flows)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let mut errors = 0u64;
+    for seq in 0..count {
+        for socket in &sockets {
+            if socket.send_to(&seq.to_le_bytes(), to).is_err() {
+                errors += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("{{\"flows\":{flows},\"errors\":{errors}}}");
 }
 
 fn udp_recv(seconds: u64) {

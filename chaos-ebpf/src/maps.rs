@@ -1,0 +1,46 @@
+//! The maps every program family shares. The user side finds them by these names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+};
+use chaos_common::{
+    Bucket, FlowKey, MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PacketRule, PeerKey,
+    RuleCounters, SockRule, Target,
+};
+
+/// The one target of this object and how many rules of each family are live.
+#[map]
+pub static TARGET: Array<Target> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static PACKET_RULES: Array<PacketRule> = Array::with_max_entries(MAX_PACKET_RULES, 0);
+
+/// Per packet rule and direction: index `rule * 2 + COUNTER_*`.
+#[map]
+pub static PACKET_COUNTERS: PerCpuArray<RuleCounters> =
+    PerCpuArray::with_max_entries(MAX_PACKET_RULES * 2, 0);
+
+/// The Gilbert model's state of each flow: 1 while the flow is in the bad state.
+#[map]
+pub static FLOW_STATE: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// One token bucket per `bandwidth` rule.
+#[map]
+pub static BUCKETS: Array<Bucket> = Array::with_max_entries(MAX_PACKET_RULES, 0);
+
+#[map]
+pub static SOCK_RULES: Array<SockRule> = Array::with_max_entries(MAX_SOCK_RULES, 0);
+
+/// Per socket rule.
+#[map]
+pub static SOCK_COUNTERS: PerCpuArray<RuleCounters> =
+    PerCpuArray::with_max_entries(MAX_SOCK_RULES, 0);
+
+/// Where each socket redirected to the DNS responder meant to go, by socket cookie.
+#[map]
+pub static DNS_ORIGINAL: LruHashMap<u64, OriginalDst> = LruHashMap::with_max_entries(16384, 0);
+
+/// The same, by the client's port, for the responder to read.
+#[map]
+pub static DNS_PEERS: LruHashMap<PeerKey, OriginalDst> = LruHashMap::with_max_entries(16384, 0);
