@@ -1,0 +1,209 @@
+//! `dns`: glibc's resolution in the target cgroup, against a resolver on loopback that the test
+//! starts, inside a mount namespace whose resolv.conf names that resolver. No query leaves
+//! loopback.
+#![allow(clippy::print_stdout, reason = "tests print their measurements")]
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chaos_tests::{Injector, TestCgroup, root_or_skip, run, skip};
+use hickory_proto::{
+    op::{Message, MessageType},
+    rr::{RData, Record, RecordType, rdata::A},
+};
+
+/// The address of the test's resolver: glibc only speaks to port 53.
+const RESOLVER: &str = "127.0.0.77:53";
+/// What the test's resolver answers to every A query.
+const UPSTREAM_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+
+/// A resolver on [`RESOLVER`] that answers every A query with [`UPSTREAM_A`] and records the
+/// names it was asked.
+struct Resolver {
+    names: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Resolver {
+    fn start() -> Option<Resolver> {
+        let addr: SocketAddr = RESOLVER.parse().expect("an address");
+        let socket = match UdpSocket::bind(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                skip(&format!(
+                    "cannot bind the test's resolver on {RESOLVER}: {e}"
+                ));
+                return None;
+            }
+        };
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen, flag) = (names.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((len, client)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(query) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                let Some(question) = query.queries().first().cloned() else {
+                    continue;
+                };
+                seen.lock()
+                    .expect("lock")
+                    .push(question.name().to_ascii().trim_end_matches('.').to_string());
+                let mut reply = Message::new();
+                reply
+                    .set_id(query.id())
+                    .set_message_type(MessageType::Response)
+                    .set_recursion_desired(query.recursion_desired())
+                    .set_recursion_available(true)
+                    .add_query(question.clone());
+                if question.query_type() == RecordType::A {
+                    let a = RData::A(A(UPSTREAM_A));
+                    reply.add_answer(Record::from_rdata(question.name().clone(), 60, a));
+                }
+                if let Ok(bytes) = reply.to_vec() {
+                    socket.send_to(&bytes, client).expect("reply");
+                }
+            }
+        });
+        Some(Resolver {
+            names,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    fn asked(&self, name: &str) -> usize {
+        self.names
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|n| n.as_str() == name)
+            .count()
+    }
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("resolver thread");
+        }
+    }
+}
+
+/// A resolv.conf that names the test's resolver, with short timeouts.
+fn resolv_conf() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("chaos-resolv-{}.conf", std::process::id()));
+    std::fs::write(
+        &path,
+        "nameserver 127.0.0.77\noptions timeout:1 attempts:1\n",
+    )
+    .expect("write resolv.conf");
+    path
+}
+
+/// `getent ahostsv4 NAME` in a private mount namespace that sees `conf` as /etc/resolv.conf,
+/// in `cgroup` or here. Returns the exit code, the first address printed and the time taken.
+fn resolve(cgroup: Option<&TestCgroup>, conf: &Path, name: &str) -> (i32, Option<String>, f64) {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/resolv.conf && exec getent ahostsv4 \"$1\"")
+        .arg(conf)
+        .arg(name);
+    if let Some(cg) = cgroup {
+        cg.put(&mut cmd);
+    }
+    let started = Instant::now();
+    let (status, stdout, stderr) = run(&mut cmd);
+    let took = started.elapsed().as_secs_f64();
+    let code = status.code().unwrap_or(-1);
+    assert!(code == 0 || code == 2, "getent {name}: {status} {stderr}");
+    let addr = stdout.split_whitespace().next().map(str::to_string);
+    println!("getent ahostsv4 {name}: exit {code}, {addr:?}, {took:.2}s");
+    (code, addr, took)
+}
+
+#[test]
+fn dns_answers_change_for_matching_names_only() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(resolver) = Resolver::start() else {
+        return;
+    };
+    let conf = resolv_conf();
+    let target = TestCgroup::new("target");
+    // Before: the test's resolver answers everything.
+    assert_eq!(
+        resolve(Some(&target), &conf, "spoof.test").1.as_deref(),
+        Some("192.0.2.7")
+    );
+    let json = std::env::temp_dir().join(format!("chaos-dns-{}.json", std::process::id()));
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "dns:name=*.fail.test,answer=nxdomain",
+        "--fault",
+        "dns:name=spoof.test,answer=198.51.100.9",
+        "--fault",
+        "dns:name=slow.test,answer=timeout",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (code, _, _) = resolve(Some(&target), &conf, "a.fail.test");
+    assert_eq!(code, 2, "NXDOMAIN: not found");
+    assert_eq!(
+        resolver.asked("a.fail.test"),
+        0,
+        "an injected answer never asks upstream"
+    );
+    let (_, addr, _) = resolve(Some(&target), &conf, "spoof.test");
+    assert_eq!(addr.as_deref(), Some("198.51.100.9"), "the spoofed address");
+    let (code, _, took) = resolve(Some(&target), &conf, "slow.test");
+    assert_eq!(code, 2, "no answer at all");
+    assert!(took >= 0.9, "glibc waited for its timeout: {took:.2}s");
+    let (_, addr, _) = resolve(Some(&target), &conf, "other.test");
+    assert_eq!(
+        addr.as_deref(),
+        Some("192.0.2.7"),
+        "other names go to the real resolver"
+    );
+    assert_eq!(resolver.asked("other.test"), 1);
+    // Outside the cgroup nothing changes.
+    let (_, addr, _) = resolve(None, &conf, "spoof.test");
+    assert_eq!(addr.as_deref(), Some("192.0.2.7"));
+
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    std::fs::remove_file(&json).expect("remove the report");
+    for (i, want) in [(0, 1), (1, 1), (2, 1)] {
+        assert_eq!(r["faults"][i]["queries"]["injected"], want, "{r}");
+    }
+    // After: the real answers again, from inside the cgroup.
+    assert_eq!(
+        resolve(Some(&target), &conf, "spoof.test").1.as_deref(),
+        Some("192.0.2.7")
+    );
+    std::fs::remove_file(&conf).expect("remove resolv.conf");
+}
