@@ -8,6 +8,7 @@ pub mod cli;
 pub mod dns;
 pub mod error;
 pub mod loader;
+pub mod netns;
 pub mod report;
 pub mod session;
 pub mod sockdiag;

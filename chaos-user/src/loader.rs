@@ -22,6 +22,7 @@ use chaos_common::{
 use crate::{
     cgroup::Cgroup,
     error::{Class, Classify},
+    netns::Netns,
     tc::{self, Mode},
     undo::UndoLog,
 };
@@ -217,7 +218,8 @@ pub struct Programs {
     ebpf: Ebpf,
     mode: Mode,
     needs: Needs,
-    egress_interfaces: Vec<Interface>,
+    /// By network namespace (None: the injector's own).
+    egress_interfaces: Vec<(Option<u64>, Interface)>,
     cgroup_attached: Vec<&'static str>,
     xdp_attached: Option<String>,
 }
@@ -344,22 +346,42 @@ impl Programs {
         HashMap::try_from(map).map_err(map_error("open", name))
     }
 
-    /// Attaches the tc egress program to every interface not yet attached; returns the new
-    /// ones. Without tcx, the qdiscs and filters go into `undo` before they are made.
-    pub fn attach_egress_everywhere(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
-        let mut added = Vec::new();
+    /// Attaches the tc egress program to every interface of the injector's network namespace,
+    /// or of `netns`, not yet attached; returns the new ones. Without tcx, the qdiscs and
+    /// filters go into `undo` before they are made.
+    pub fn attach_egress_everywhere(
+        &mut self,
+        undo: &mut UndoLog,
+        netns: Option<&Netns>,
+    ) -> anyhow::Result<Vec<String>> {
         if !self.needs.tc_egress {
-            return Ok(added);
+            return Ok(Vec::new());
         }
+        match netns {
+            None => self.attach_egress_here(undo, None),
+            Some(ns) => ns
+                .run(|| self.attach_egress_here(undo, Some(ns.inode)))
+                .with_context(|| format!("enter network namespace {}", ns.inode))?,
+        }
+    }
+
+    fn attach_egress_here(
+        &mut self,
+        undo: &mut UndoLog,
+        netns: Option<u64>,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut added = Vec::new();
         for interface in interfaces() {
             // Known by index too: an interface deleted and made again under the same name is a
             // new one, without the program.
-            if self.egress_interfaces.contains(&interface) {
+            let key = (netns, interface);
+            if self.egress_interfaces.contains(&key) {
                 continue;
             }
+            let (_, interface) = key;
             let name = &interface.name;
             let prog: &mut SchedClassifier = program(&mut self.ebpf, "chaos_egress")?;
-            match tc::attach(prog, name, self.mode, undo) {
+            match tc::attach(prog, name, self.mode, undo, netns) {
                 Ok(()) => {}
                 // The interface went away between listing and attaching.
                 Err(_) if !interfaces().contains(&interface) => continue,
@@ -370,9 +392,13 @@ impl Programs {
                     });
                 }
             }
-            self.egress_interfaces.retain(|i| i.name != interface.name);
-            added.push(interface.name.clone());
-            self.egress_interfaces.push(interface);
+            self.egress_interfaces
+                .retain(|(ns, i)| *ns != netns || i.name != interface.name);
+            added.push(match netns {
+                None => interface.name.clone(),
+                Some(inode) => format!("{} (network namespace {inode})", interface.name),
+            });
+            self.egress_interfaces.push((netns, interface));
         }
         Ok(added)
     }
@@ -446,7 +472,14 @@ impl Programs {
         let mut out: Vec<String> = self
             .egress_interfaces
             .iter()
-            .map(|i| format!("{} egress {}", self.mode.name(), i.name))
+            .map(|(ns, i)| match ns {
+                None => format!("{} egress {}", self.mode.name(), i.name),
+                Some(inode) => format!(
+                    "{} egress {} in network namespace {inode}",
+                    self.mode.name(),
+                    i.name
+                ),
+            })
             .collect();
         for name in &self.cgroup_attached {
             let hook = PROGRAMS

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use anyhow::Context as _;
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, AddrMatch,
     DIR_EGRESS, DIR_INGRESS, DIR_XDP, FAMILY_V4, FAMILY_V6, MAX_PACKET_RULES, MAX_SOCK_RULES,
@@ -18,6 +19,7 @@ use crate::{
     cgroup::Cgroup,
     dns,
     loader::{LoadError, Needs, Programs},
+    netns::Netns,
     report::{Counters, FaultReport},
     sockdiag,
     spec::{self, ConnectOutcome, DnsAnswer, FaultSpec, LossModel, Ports, Proto},
@@ -48,7 +50,17 @@ pub struct Session {
     deadline: Deadline,
     started: SystemTime,
     responder: Option<dns::Responder>,
+    /// How the responders find a redirected query's resolver; shared by every namespace's.
+    upstream: Option<dns::Upstream>,
     resets: Vec<ResetState>,
+    /// Other network namespaces the target's processes are in, with what runs there.
+    namespaces: Vec<Namespace>,
+}
+
+/// A network namespace of the target other than the injector's.
+struct Namespace {
+    ns: Netns,
+    responder: Option<dns::Responder>,
 }
 
 /// Where a fault lives in the kernel or in chaos-user.
@@ -319,20 +331,13 @@ impl Session {
             tc::check_fq()?;
         }
         let mut programs = dry.load()?;
-        let (plan, responder) = if dry.dns.is_empty() {
-            (dry, None)
+        let (plan, responder, upstream) = if dry.dns.is_empty() {
+            (dry, None, None)
         } else {
-            let peers = programs.take_dns_peers()?;
-            let responder = dns::Responder::start(
-                &[
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-                    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0),
-                ],
-                dry.dns.clone(),
-                dns_upstream(peers),
-            )?;
-            let port = responder.local_addrs()[0].port();
-            (Plan::new(&faults, port)?, Some(responder))
+            let upstream = dns_upstream(programs.take_dns_peers()?);
+            let responder = start_responder(0, &dry.dns, &upstream)?;
+            let port = responder.port();
+            (Plan::new(&faults, port)?, Some(responder), Some(upstream))
         };
         let resets = faults
             .iter()
@@ -363,7 +368,9 @@ impl Session {
             deadline,
             started: SystemTime::now(),
             responder,
+            upstream,
             resets,
+            namespaces: Vec::new(),
         };
         session.set_deadlines(match deadline {
             Deadline::At(d) => d,
@@ -386,9 +393,10 @@ impl Session {
 
     fn attach(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
         if self.plan.fq {
-            tc::install_fq_everywhere(undo, spec::MAX_DELAY)?;
+            tc::install_fq_everywhere(undo, spec::MAX_DELAY, None)?;
         }
-        self.programs.attach_egress_everywhere(undo)?;
+        self.programs.attach_egress_everywhere(undo, None)?;
+        self.join_namespaces(undo)?;
         if self.plan.needs.cgroup() {
             let target = self
                 .target
@@ -406,6 +414,11 @@ impl Session {
         drop(self.programs);
         if let Some(responder) = self.responder {
             responder.stop();
+        }
+        for ns in self.namespaces {
+            if let Some(responder) = ns.responder {
+                responder.stop();
+            }
         }
         undo.undo_where(|e| {
             matches!(
@@ -436,9 +449,54 @@ impl Session {
         }
         self.reset_due()?;
         if self.plan.fq {
-            tc::install_fq_everywhere(undo, spec::MAX_DELAY)?;
+            tc::install_fq_everywhere(undo, spec::MAX_DELAY, None)?;
         }
-        self.programs.attach_egress_everywhere(undo)
+        let mut added = self.programs.attach_egress_everywhere(undo, None)?;
+        added.extend(self.join_namespaces(undo)?);
+        Ok(added)
+    }
+
+    /// Finds the network namespaces the target's processes are in, other than the injector's,
+    /// and does there what the faults need: the tc programs on every interface, `fq` for
+    /// `delay`, a DNS responder on the same port. Returns the interfaces newly attached.
+    fn join_namespaces(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
+        let Some(target) = &self.target else {
+            return Ok(Vec::new());
+        };
+        let wanted =
+            self.plan.needs.tc_egress || self.responder.is_some() || !self.resets.is_empty();
+        if !wanted {
+            return Ok(Vec::new());
+        }
+        for ns in Netns::of_cgroup(&target.path) {
+            if self.namespaces.iter().any(|n| n.ns.inode == ns.inode) {
+                continue;
+            }
+            let responder = match (&self.responder, &self.upstream) {
+                (Some(main), Some(upstream)) => {
+                    let (port, rules) = (main.port(), &self.plan.dns);
+                    let started = ns
+                        .run(|| start_responder(port, rules, upstream))
+                        .with_context(|| format!("enter network namespace {}", ns.inode))?
+                        .with_context(|| {
+                            format!("start the DNS responder in network namespace {}", ns.inode)
+                        })?;
+                    Some(started)
+                }
+                _ => None,
+            };
+            self.namespaces.push(Namespace { ns, responder });
+        }
+        let mut added = Vec::new();
+        for n in &self.namespaces {
+            if self.plan.fq {
+                let inode = n.ns.inode;
+                n.ns.run(|| tc::install_fq_everywhere(undo, spec::MAX_DELAY, Some(inode)))
+                    .with_context(|| format!("enter network namespace {inode}"))??;
+            }
+            added.extend(self.programs.attach_egress_everywhere(undo, Some(&n.ns))?);
+        }
+        Ok(added)
     }
 
     /// Aborts the target's matching connections for every `reset` that is due.
@@ -457,6 +515,13 @@ impl Session {
             // The kernel's filter matches one cgroup exactly: name the descendants too.
             let ids = target.with_descendants();
             reset.destroyed += sockdiag::destroy_tcp(&ids, &reset.filter)? as u64;
+            // sock_diag sees one network namespace: every other one of the target's too.
+            for n in &self.namespaces {
+                let destroyed =
+                    n.ns.run(|| sockdiag::destroy_tcp(&ids, &reset.filter))
+                        .with_context(|| format!("enter network namespace {}", n.ns.inode))??;
+                reset.destroyed += destroyed as u64;
+            }
             reset.rounds += 1;
             reset.next = reset.interval.map(|i| now + i);
         }
@@ -477,10 +542,12 @@ impl Session {
     pub fn attachments(&self) -> Vec<String> {
         let mut out = self.programs.attachments();
         if let Some(r) = &self.responder {
-            out.push(format!(
-                "dns responder on port {}",
-                r.local_addrs()[0].port()
-            ));
+            out.push(format!("dns responder on port {}", r.port()));
+        }
+        for n in &self.namespaces {
+            if n.responder.is_some() {
+                out.push(format!("dns responder in network namespace {}", n.ns.inode));
+            }
         }
         out
     }
@@ -491,7 +558,19 @@ impl Session {
         let ended = SystemTime::now();
         // A program run that read the target record before it changed may still be counting.
         std::thread::sleep(Duration::from_millis(5));
-        let dns_counters = self.responder.as_ref().map(|r| r.counters());
+        // Every namespace's responder answers for the same rules: their counts add up.
+        let dns_counters: Option<Vec<dns::RuleCounters>> = self.responder.as_ref().map(|main| {
+            let mut sum = main.counters().rules;
+            for n in &self.namespaces {
+                let Some(r) = &n.responder else { continue };
+                for (total, c) in sum.iter_mut().zip(r.counters().rules) {
+                    total.matched += c.matched;
+                    total.injected += c.injected;
+                    total.passed += c.passed;
+                }
+            }
+            sum
+        });
         let mut faults = Vec::with_capacity(self.faults.len());
         for (i, (fault, carrier)) in self.faults.iter().zip(&self.plan.carriers).enumerate() {
             let mut counters = std::collections::BTreeMap::new();
@@ -511,7 +590,7 @@ impl Session {
                     counters.insert("connects", Counters::from(c));
                 }
                 Carrier::Dns(rule) => {
-                    if let Some(c) = dns_counters.as_ref().and_then(|c| c.rules.get(rule)) {
+                    if let Some(c) = dns_counters.as_ref().and_then(|c| c.get(rule)) {
                         counters.insert(
                             "queries",
                             Counters {
@@ -553,6 +632,19 @@ impl Session {
         self.detach(undo)?;
         Ok(record)
     }
+}
+
+/// Starts a DNS responder on loopback (both families where this namespace has IPv6) at `port`,
+/// 0 for one the kernel picks.
+fn start_responder(
+    port: u16,
+    rules: &[dns::DnsRule],
+    upstream: &dns::Upstream,
+) -> Result<dns::Responder, dns::DnsError> {
+    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
+    dns::Responder::start(&[v4, v6], rules.to_vec(), upstream.clone())
+        .or_else(|_| dns::Responder::start(&[v4], rules.to_vec(), upstream.clone()))
 }
 
 /// Which directions of a packet fault's counters mean something: (egress, ingress).

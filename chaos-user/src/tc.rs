@@ -62,6 +62,7 @@ pub fn attach(
     interface: &str,
     mode: Mode,
     undo: &mut UndoLog,
+    netns: Option<u64>,
 ) -> Result<()> {
     if mode == Mode::Tcx {
         // First, for the same reason as the filter priority below.
@@ -72,6 +73,7 @@ pub fn attach(
 
     let qdisc = Entry::ClsactQdisc {
         interface: interface.to_string(),
+        netns,
     };
     undo.push(qdisc.clone())?;
     match tc::qdisc_add_clsact(interface) {
@@ -100,6 +102,7 @@ pub fn attach(
             priority,
             handle: FILTER_HANDLE,
             program_id,
+            netns,
         };
         undo.push(filter.clone())?;
         let options = TcAttachOptions::Netlink(NlOptions {
@@ -324,7 +327,11 @@ fn root_qdisc(interface: &str) -> Result<Option<ShownQdisc>> {
 /// Puts an `fq` root qdisc on every interface that lacks this session's, deep enough for
 /// `max_delay` at high rates; each goes into `undo` first. A root qdisc that someone set up
 /// (anything but the kernel's default) is refused rather than replaced.
-pub fn install_fq_everywhere(undo: &mut UndoLog, max_delay: std::time::Duration) -> Result<()> {
+pub fn install_fq_everywhere(
+    undo: &mut UndoLog,
+    max_delay: std::time::Duration,
+    netns: Option<u64>,
+) -> Result<()> {
     let handle = fq_handle();
     let ours = format!("{handle:x}:");
     for interface in crate::loader::interfaces() {
@@ -345,6 +352,7 @@ pub fn install_fq_everywhere(undo: &mut UndoLog, max_delay: std::time::Duration)
         let entry = Entry::FqQdisc {
             interface: name.clone(),
             handle,
+            netns,
         };
         undo.push(entry.clone())?;
         // A horizon past the longest delay, and room for a full window of packets per flow.

@@ -32,16 +32,37 @@ pub enum Entry {
         /// The id of the program the filter runs, so that a filter another session made later
         /// at the same place is never taken for this one.
         program_id: u32,
+        /// The network namespace of the interface, by inode, when not the injector's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<u64>,
     },
     /// A clsact qdisc that the session added to an interface (kernels without tcx).
-    ClsactQdisc { interface: String },
+    ClsactQdisc {
+        interface: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<u64>,
+    },
     /// An `fq` root qdisc that `delay` put in place of the interface's default one; removing
     /// it brings the default back.
     FqQdisc {
         interface: String,
         /// The qdisc's major handle, so that a qdisc someone made since is never removed.
         handle: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<u64>,
     },
+}
+
+impl Entry {
+    /// The network namespace the entry lives in, when not the injector's.
+    fn netns(&self) -> Option<u64> {
+        match self {
+            Entry::Cgroup { .. } => None,
+            Entry::TcFilter { netns, .. }
+            | Entry::ClsactQdisc { netns, .. }
+            | Entry::FqQdisc { netns, .. } => *netns,
+        }
+    }
 }
 
 impl std::fmt::Display for Entry {
@@ -59,10 +80,16 @@ impl std::fmt::Display for Entry {
                     "tc filter on {interface} egress (priority {priority}, handle {handle})"
                 )
             }
-            Entry::ClsactQdisc { interface } => write!(f, "clsact qdisc on {interface}"),
-            Entry::FqQdisc { interface, handle } => {
+            Entry::ClsactQdisc { interface, .. } => write!(f, "clsact qdisc on {interface}"),
+            Entry::FqQdisc {
+                interface, handle, ..
+            } => {
                 write!(f, "fq root qdisc {handle:x}: on {interface}")
             }
+        }?;
+        match self.netns() {
+            Some(inode) => write!(f, " in network namespace {inode}"),
+            None => Ok(()),
         }
     }
 }
@@ -82,6 +109,18 @@ pub enum Outcome {
 
 /// Undoes one entry. Running it twice is harmless.
 pub fn undo(entry: &Entry) -> Result<Outcome> {
+    let Some(inode) = entry.netns() else {
+        return undo_here(entry);
+    };
+    // A namespace that nothing holds any more took its interfaces and qdiscs with it.
+    let Some(ns) = crate::netns::Netns::find(inode) else {
+        return Ok(Outcome::AlreadyGone);
+    };
+    ns.run(|| undo_here(entry))
+        .with_context(|| format!("enter network namespace {inode}"))?
+}
+
+fn undo_here(entry: &Entry) -> Result<Outcome> {
     match entry {
         Entry::Cgroup { path } => {
             if !path.exists() {
@@ -105,9 +144,12 @@ pub fn undo(entry: &Entry) -> Result<Outcome> {
             priority,
             handle,
             program_id,
+            ..
         } => crate::tc::undo_filter(interface, *priority, *handle, *program_id),
-        Entry::ClsactQdisc { interface } => crate::tc::undo_qdisc(interface),
-        Entry::FqQdisc { interface, handle } => crate::tc::undo_fq(interface, *handle),
+        Entry::ClsactQdisc { interface, .. } => crate::tc::undo_qdisc(interface),
+        Entry::FqQdisc {
+            interface, handle, ..
+        } => crate::tc::undo_fq(interface, *handle),
     }
 }
 

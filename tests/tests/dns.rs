@@ -35,23 +35,37 @@ struct Resolver {
 
 impl Resolver {
     fn start() -> Option<Resolver> {
-        let addr: SocketAddr = RESOLVER.parse().expect("an address");
-        let socket = match UdpSocket::bind(addr) {
-            Ok(s) => s,
-            Err(e) => {
-                skip(&format!(
-                    "cannot bind the test's resolver on {RESOLVER}: {e}"
-                ));
-                return None;
-            }
-        };
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("timeout");
+        Resolver::start_in(None)
+    }
+
+    /// Starts the resolver in the network namespace `ip netns` named, or in the test's own.
+    fn start_in(netns: Option<&str>) -> Option<Resolver> {
         let names = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (seen, flag) = (names.clone(), stop.clone());
+        let netns = netns.map(|n| PathBuf::from("/run/netns").join(n));
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
+            if let Some(path) = netns {
+                let file = std::fs::File::open(&path).expect("open the namespace");
+                // SAFETY: setns(2) moves only this thread, which the test ends on drop.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns");
+            }
+            let addr: SocketAddr = RESOLVER.parse().expect("an address");
+            let socket = match UdpSocket::bind(addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    bound_tx.send(Err(e)).expect("report");
+                    return;
+                }
+            };
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            bound_tx.send(Ok(())).expect("report");
             let mut buf = [0u8; 4096];
             while !flag.load(Ordering::Relaxed) {
                 let Ok((len, client)) = socket.recv_from(&mut buf) else {
@@ -82,11 +96,20 @@ impl Resolver {
                 }
             }
         });
-        Some(Resolver {
+        let resolver = Resolver {
             names,
             stop,
             handle: Some(handle),
-        })
+        };
+        match bound_rx.recv().expect("the resolver's start") {
+            Ok(()) => Some(resolver),
+            Err(e) => {
+                skip(&format!(
+                    "cannot bind the test's resolver on {RESOLVER}: {e}"
+                ));
+                None
+            }
+        }
     }
 
     fn asked(&self, name: &str) -> usize {
@@ -122,7 +145,24 @@ fn resolv_conf() -> PathBuf {
 /// `getent ahostsv4 NAME` in a private mount namespace that sees `conf` as /etc/resolv.conf,
 /// in `cgroup` or here. Returns the exit code, the first address printed and the time taken.
 fn resolve(cgroup: Option<&TestCgroup>, conf: &Path, name: &str) -> (i32, Option<String>, f64) {
-    let mut cmd = Command::new("unshare");
+    resolve_in(None, cgroup, conf, name)
+}
+
+/// As [`resolve`], in the network namespace `ip netns` named.
+fn resolve_in(
+    netns: Option<&str>,
+    cgroup: Option<&TestCgroup>,
+    conf: &Path,
+    name: &str,
+) -> (i32, Option<String>, f64) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "unshare"]);
+            cmd
+        }
+        None => Command::new("unshare"),
+    };
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg("mount --bind \"$0\" /etc/resolv.conf && exec getent ahostsv4 \"$1\"")
         .arg(conf)
@@ -206,4 +246,75 @@ fn dns_answers_change_for_matching_names_only() {
         Some("192.0.2.7")
     );
     std::fs::remove_file(&conf).expect("remove resolv.conf");
+}
+
+#[test]
+fn dns_reaches_a_target_in_another_network_namespace() {
+    if !root_or_skip() {
+        return;
+    }
+    let name = format!("chaos-dns-{}", std::process::id());
+    let (status, _, stderr) = run(Command::new("ip").args(["netns", "add", &name]));
+    assert!(status.success(), "{stderr}");
+    let _cleanup = DeleteNetns(name.clone());
+    // Loopback, and an IPv4 address besides (glibc asks for A records only when the host has
+    // an address that is not loopback).
+    for args in [
+        "link set lo up",
+        "link add chaos0 type veth peer name chaos1",
+        "addr add 10.200.0.1/24 dev chaos0",
+        "link set chaos0 up",
+        "link set chaos1 up",
+    ] {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", &name]).args(args.split(' '));
+        let (status, _, stderr) = run(&mut cmd);
+        assert!(status.success(), "ip {args}: {stderr}");
+    }
+    let Some(resolver) = Resolver::start_in(Some(&name)) else {
+        return;
+    };
+    let conf = resolv_conf();
+    let target = TestCgroup::new("target");
+    let mut holder = Command::new("ip");
+    holder.args(["netns", "exec", &name, "sleep", "30"]);
+    target.put(&mut holder);
+    let mut holder = holder
+        .spawn()
+        .expect("a process of the target in the namespace");
+    std::thread::sleep(Duration::from_millis(200));
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "dns:name=spoof.test,answer=198.51.100.9",
+    ]);
+    let (_, addr, _) = resolve_in(Some(&name), Some(&target), &conf, "spoof.test");
+    assert_eq!(
+        addr.as_deref(),
+        Some("198.51.100.9"),
+        "spoofed inside the namespace"
+    );
+    let (_, addr, _) = resolve_in(Some(&name), Some(&target), &conf, "other.test");
+    assert_eq!(
+        addr.as_deref(),
+        Some("192.0.2.7"),
+        "forwarded inside the namespace"
+    );
+    assert_eq!(resolver.asked("other.test"), 1);
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    let _killed = holder.kill();
+    let _reaped = holder.wait();
+    std::fs::remove_file(&conf).expect("remove resolv.conf");
+}
+
+/// Deletes a network namespace the test made, when dropped.
+struct DeleteNetns(String);
+
+impl Drop for DeleteNetns {
+    fn drop(&mut self) {
+        let _deleted = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }

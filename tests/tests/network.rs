@@ -575,3 +575,97 @@ fn delay_is_refused_where_fq_is_missing() {
         "one line and a hint: {stderr}"
     );
 }
+
+/// A network namespace the test creates (with `ip netns`), loopback up; deleted on drop.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new(label: &str) -> TestNetns {
+        let name = format!("chaos-{label}-{}", std::process::id());
+        let (status, _, stderr) = run(Command::new("ip").args(["netns", "add", &name]));
+        assert!(status.success(), "ip netns add: {stderr}");
+        let (status, _, stderr) =
+            run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        assert!(status.success(), "lo up: {stderr}");
+        TestNetns { name }
+    }
+
+    /// `ip netns exec NAME` followed by `args`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _deleted = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn egress_loss_reaches_a_target_in_another_network_namespace() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let ns = TestNetns::new("loss");
+    // A process of the target inside the namespace, so that the injector finds it there.
+    let mut holder = ns.command(&["sleep", "30"]);
+    target.put(&mut holder);
+    let mut holder = holder.spawn().expect("start a process in the namespace");
+    std::thread::sleep(Duration::from_millis(200));
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "loss:p=1,dir=egress,proto=udp",
+    ]);
+    let receive = |count: u32, cgroup: Option<&TestCgroup>| -> u64 {
+        let mut rx = ns.command(&[PROBE, "udp-recv", "2"]);
+        rx.stdout(std::process::Stdio::piped());
+        let mut rx = rx.spawn().expect("start the receiver");
+        let mut out = std::io::BufReader::new(rx.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut out, &mut first).expect("the receiver's port");
+        let port = serde_json::from_str::<serde_json::Value>(&first).expect("JSON")["port"]
+            .as_u64()
+            .expect("port");
+        let mut tx = ns.command(&[
+            PROBE,
+            "udp-send",
+            &format!("127.0.0.1:{port}"),
+            &count.to_string(),
+            "100",
+        ]);
+        if let Some(cg) = cgroup {
+            cg.put(&mut tx);
+        }
+        let (status, _, stderr) = run(&mut tx);
+        assert!(status.success(), "{stderr}");
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("the receiver's count");
+        rx.wait().expect("receiver");
+        last_json(&rest)["received"].as_u64().expect("received")
+    };
+    assert_eq!(
+        receive(200, Some(&target)),
+        0,
+        "the target's datagrams are lost"
+    );
+    assert_eq!(receive(200, None), 200, "others in the namespace are not");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("network namespace")),
+        "the attachments name the namespace: {lines:?}"
+    );
+    let _killed = holder.kill();
+    let _reaped = holder.wait();
+}
