@@ -669,3 +669,113 @@ fn egress_loss_reaches_a_target_in_another_network_namespace() {
     let _killed = holder.kill();
     let _reaped = holder.wait();
 }
+
+#[test]
+fn sigkill_leaves_nothing_of_any_network_fault() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let (_l, port) = listener();
+    let refused = format!("connect:errno=ECONNREFUSED,dport={port}");
+    let mut faults = vec![
+        refused.as_str(),
+        "dns:name=*.test,answer=nxdomain",
+        "bandwidth:rate=100mbit",
+        "corrupt:p=0.01,proto=udp,dport=9",
+        "duplicate:p=0.01,proto=udp,dport=9",
+        "loss:model=gilbert,enter_bad=0.01,leave_bad=0.5,proto=udp,dport=9",
+        "reset:interval=1s,dport=9",
+        "xdp-drop:dev=lo,p=1,proto=udp,dport=9",
+    ];
+    let fq = chaos_user::tc::check_fq().is_ok();
+    if fq {
+        faults.push("delay:time=10ms,proto=udp,dport=9");
+    }
+    let mut args = vec!["inject", "--cgroup", &target.name];
+    for f in &faults {
+        args.extend(["--fault", f]);
+    }
+    let mut injector = Injector::start(&args);
+    let addr = format!("127.0.0.1:{port}");
+    let v = probe_in(Some(&target), &["tcp-connect", &addr]);
+    assert_eq!(v["errno"], libc::ECONNREFUSED, "on before the kill: {v}");
+    if fq {
+        let qdiscs = run(Command::new("tc").args(["qdisc", "show", "dev", "lo"])).1;
+        assert!(qdiscs.contains("qdisc fq "), "delay put fq on lo: {qdiscs}");
+    }
+
+    injector.signal(libc::SIGKILL);
+    let (status, _) = injector.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let v = probe_in(Some(&target), &["tcp-connect", &addr]);
+    assert_eq!(v["ok"], true, "right after SIGKILL connect works: {v}");
+    assert!(
+        chaos_tests::programs_left_after(Duration::from_secs(2)).is_empty(),
+        "no program left"
+    );
+    // What the kernel does not undo by itself is in the undo log: recover undoes it.
+    let (status, stdout, stderr) = run(chaos_tests::chaos_user().arg("recover"));
+    assert!(status.success(), "{stdout} {stderr}");
+    println!("{stdout}");
+    if fq {
+        assert!(stdout.contains("fq root qdisc"), "{stdout}");
+    }
+    let qdiscs = run(Command::new("tc").args(["qdisc", "show", "dev", "lo"])).1;
+    assert!(!qdiscs.contains("qdisc fq "), "no fq qdisc left: {qdiscs}");
+    assert!(
+        chaos_tests::undo_logs().is_empty(),
+        "the undo log is cleared"
+    );
+}
+
+#[test]
+fn sigkill_with_a_target_in_another_namespace_is_undone_by_recover() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let ns = TestNetns::new("kill");
+    let mut holder = ns.command(&["sleep", "30"]);
+    target.put(&mut holder);
+    let mut holder = holder.spawn().expect("start a process in the namespace");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "loss:p=1,dir=egress,proto=udp,dport=9",
+    ]);
+    injector.signal(libc::SIGKILL);
+    let (status, _) = injector.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
+    assert!(
+        chaos_tests::programs_left_after(Duration::from_secs(2)).is_empty()
+            || !chaos_user::loader::has_tcx(),
+        "tcx links die with the process"
+    );
+    let (status, stdout, stderr) = run(chaos_tests::chaos_user().arg("recover"));
+    assert!(status.success(), "{stdout} {stderr}");
+    println!("{stdout}");
+    if !chaos_user::loader::has_tcx() {
+        assert!(
+            stdout.contains("in network namespace"),
+            "recover entered the namespace: {stdout}"
+        );
+    }
+    let filters = run(&mut ns.command(&["tc", "filter", "show", "dev", "lo", "egress"])).1;
+    assert!(
+        !filters.contains("chaos_egress"),
+        "no filter left: {filters}"
+    );
+    let qdiscs = run(&mut ns.command(&["tc", "qdisc", "show", "dev", "lo"])).1;
+    assert!(!qdiscs.contains("clsact"), "no qdisc left: {qdiscs}");
+    assert!(
+        chaos_tests::programs_left_after(Duration::from_secs(2)).is_empty(),
+        "no program left"
+    );
+    assert!(chaos_tests::undo_logs().is_empty());
+    let _killed = holder.kill();
+    let _reaped = holder.wait();
+}

@@ -33,6 +33,15 @@ const GUEST_TESTS: &[&str] = &[
     "doctor_tells_the_truth",
     "a_clsact_qdisc_already_there_is_left_alone",
     "two_sessions_stop_independently",
+    "connect_fails_with_the_chosen_errno_inside_only",
+    "reset_aborts_established_connections_of_the_cgroup",
+    "corrupt_flips_payload_bytes_and_the_datagram_still_arrives",
+    "duplicate_sends_matching_datagrams_twice",
+    "delay_adds_its_time_to_the_round_trip",
+    "sigkill_leaves_nothing_of_any_network_fault",
+    "egress_loss_reaches_a_target_in_another_network_namespace",
+    "sigkill_with_a_target_in_another_namespace_is_undone_by_recover",
+    "dns_answers_change_for_matching_names_only",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
