@@ -111,10 +111,22 @@ pub fn attach(
             ..Default::default()
         });
         match prog.attach_with_options(interface, TcAttachType::Egress, options) {
-            Ok(_) => return Ok(()),
+            Ok(id) => {
+                if netns.is_some() {
+                    // aya would detach this filter by interface index in whatever namespace
+                    // the process is in when it lets go; the undo log removes it in its own.
+                    std::mem::forget(prog.take_link(id)?);
+                }
+                return Ok(());
+            }
             Err(e) => {
                 undo.forget(&filter)?;
-                if program_errno(&e) != Some(libc::EEXIST) {
+                // aya keeps one filter per interface index, priority and handle, whatever the
+                // namespace: another namespace's interface of the same index takes the next
+                // priority, as one that the kernel says is taken does.
+                let taken = program_errno(&e) == Some(libc::EEXIST)
+                    || matches!(e, ProgramError::AlreadyAttached);
+                if !taken {
                     return Err(e.into());
                 }
             }

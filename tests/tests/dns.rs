@@ -142,7 +142,7 @@ fn resolv_conf() -> PathBuf {
     path
 }
 
-/// `getent ahostsv4 NAME` in a private mount namespace that sees `conf` as /etc/resolv.conf,
+/// `getent hosts NAME` (AAAA, then A) in a private mount namespace that sees `conf` as /etc/resolv.conf,
 /// in `cgroup` or here. Returns the exit code, the first address printed and the time taken.
 fn resolve(cgroup: Option<&TestCgroup>, conf: &Path, name: &str) -> (i32, Option<String>, f64) {
     resolve_in(None, cgroup, conf, name)
@@ -164,7 +164,7 @@ fn resolve_in(
         None => Command::new("unshare"),
     };
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount --bind \"$0\" /etc/resolv.conf && exec getent ahostsv4 \"$1\"")
+        .arg("mount --bind \"$0\" /etc/resolv.conf && exec getent hosts \"$1\"")
         .arg(conf)
         .arg(name);
     if let Some(cg) = cgroup {
@@ -176,7 +176,7 @@ fn resolve_in(
     let code = status.code().unwrap_or(-1);
     assert!(code == 0 || code == 2, "getent {name}: {status} {stderr}");
     let addr = stdout.split_whitespace().next().map(str::to_string);
-    println!("getent ahostsv4 {name}: exit {code}, {addr:?}, {took:.2}s");
+    println!("getent hosts {name}: exit {code}, {addr:?}, {took:.2}s");
     (code, addr, took)
 }
 
@@ -221,13 +221,18 @@ fn dns_answers_change_for_matching_names_only() {
     let (code, _, took) = resolve(Some(&target), &conf, "slow.test");
     assert_eq!(code, 2, "no answer at all");
     assert!(took >= 0.9, "glibc waited for its timeout: {took:.2}s");
+    assert_eq!(
+        resolver.asked("slow.test"),
+        0,
+        "a timeout never asks upstream"
+    );
     let (_, addr, _) = resolve(Some(&target), &conf, "other.test");
     assert_eq!(
         addr.as_deref(),
         Some("192.0.2.7"),
         "other names go to the real resolver"
     );
-    assert_eq!(resolver.asked("other.test"), 1);
+    assert!(resolver.asked("other.test") >= 1);
     // Outside the cgroup nothing changes.
     let (_, addr, _) = resolve(None, &conf, "spoof.test");
     assert_eq!(addr.as_deref(), Some("192.0.2.7"));
@@ -237,7 +242,8 @@ fn dns_answers_change_for_matching_names_only() {
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
     std::fs::remove_file(&json).expect("remove the report");
-    for (i, want) in [(0, 1), (1, 1), (2, 1)] {
+    // getent asks for AAAA, then A: two queries each.
+    for (i, want) in [(0, 2), (1, 2), (2, 2)] {
         assert_eq!(r["faults"][i]["queries"]["injected"], want, "{r}");
     }
     // After: the real answers again, from inside the cgroup.
@@ -302,7 +308,7 @@ fn dns_reaches_a_target_in_another_network_namespace() {
         Some("192.0.2.7"),
         "forwarded inside the namespace"
     );
-    assert_eq!(resolver.asked("other.test"), 1);
+    assert!(resolver.asked("other.test") >= 1);
     let (status, lines) = injector.interrupt();
     assert!(status.success(), "{lines:?}");
     let _killed = holder.kill();

@@ -569,11 +569,7 @@ fn delay_is_refused_where_fq_is_missing() {
     ]));
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("fq"), "{stderr}");
-    assert_eq!(
-        stderr.trim().lines().count(),
-        2,
-        "one line and a hint: {stderr}"
-    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
 /// A network namespace the test creates (with `ip netns`), loopback up; deleted on drop.
@@ -710,10 +706,12 @@ fn sigkill_leaves_nothing_of_any_network_fault() {
     assert_eq!(status.code(), None, "killed by a signal");
     let v = probe_in(Some(&target), &["tcp-connect", &addr]);
     assert_eq!(v["ok"], true, "right after SIGKILL connect works: {v}");
-    assert!(
-        chaos_tests::programs_left_after(Duration::from_secs(2)).is_empty(),
-        "no program left"
-    );
+    if chaos_user::loader::has_tcx() {
+        assert!(
+            chaos_tests::programs_left_after(Duration::from_secs(2)).is_empty(),
+            "links die with the process"
+        );
+    }
     // What the kernel does not undo by itself is in the undo log: recover undoes it.
     let (status, stdout, stderr) = run(chaos_tests::chaos_user().arg("recover"));
     assert!(status.success(), "{stdout} {stderr}");
@@ -726,6 +724,10 @@ fn sigkill_leaves_nothing_of_any_network_fault() {
     assert!(
         chaos_tests::undo_logs().is_empty(),
         "the undo log is cleared"
+    );
+    assert!(
+        chaos_tests::programs_left_after(Duration::from_secs(2)).is_empty(),
+        "no program left"
     );
 }
 
@@ -750,11 +752,6 @@ fn sigkill_with_a_target_in_another_namespace_is_undone_by_recover() {
     injector.signal(libc::SIGKILL);
     let (status, _) = injector.wait();
     assert_eq!(status.code(), None, "killed by a signal");
-    assert!(
-        chaos_tests::programs_left_after(Duration::from_secs(2)).is_empty()
-            || !chaos_user::loader::has_tcx(),
-        "tcx links die with the process"
-    );
     let (status, stdout, stderr) = run(chaos_tests::chaos_user().arg("recover"));
     assert!(status.success(), "{stdout} {stderr}");
     println!("{stdout}");
