@@ -35,7 +35,21 @@ fn bad_specs_and_arguments() {
     }
     let target = TestCgroup::new("target");
     let specs: &[(&str, &str)] = &[
-        ("delay:for=10ms", "unknown fault kind `delay`"),
+        ("latency:time=10ms", "unknown fault kind `latency`"),
+        ("delay:for=10ms", "`delay` needs `time`"),
+        ("delay:time=10ms,jitter=1s", "cannot be larger than time"),
+        ("bandwidth:rate=fast", "bad value `fast` for `rate`"),
+        ("corrupt:p=0.1,bytes=100", "bad value `100` for `bytes`"),
+        ("connect:errno=ENOPE", "bad value `ENOPE` for `errno`"),
+        ("connect:errno=EIO,redirect=127.0.0.1:9", "not both"),
+        ("reset:interval=soon", "bad value `soon` for `interval`"),
+        ("dns:answer=maybe", "bad value `maybe` for `answer`"),
+        ("xdp-drop:p=1", "`xdp-drop` needs `dev`"),
+        (
+            "loss:model=gilbert,enter_bad=0.1",
+            "`loss` needs `leave_bad`",
+        ),
+        ("loss:p=0.1,flows=0", "a share of flows above 0"),
         ("loss:p=0.1,colour=red", "unknown key `colour`"),
         ("loss:p=1.5", "bad value `1.5` for `p`"),
         ("loss:p=-1", "bad value `-1` for `p`"),
@@ -60,6 +74,34 @@ fn bad_specs_and_arguments() {
             want,
         );
     }
+    // Faults that parse alone but not together.
+    let mut nine: Vec<&str> = Vec::new();
+    for _ in 0..9 {
+        nine.extend(["--fault", "duplicate:p=0.1"]);
+    }
+    assert_refused(
+        chaos_user()
+            .args(["inject", "--cgroup", &target.name])
+            .args(&nine),
+        2,
+        "at most 8",
+    );
+    assert_refused(
+        chaos_user().args([
+            "inject",
+            "--fault",
+            "xdp-drop:dev=lo,p=1",
+            "--fault",
+            "xdp-drop:dev=eth0,p=1",
+        ]),
+        2,
+        "one interface per session",
+    );
+    assert_refused(
+        chaos_user().args(["inject", "--fault", "loss:p=1"]),
+        2,
+        "--cgroup is needed",
+    );
     let duration = ["--fault", "loss:p=0.1", "--duration", "10"];
     assert_refused(
         chaos_user()

@@ -776,3 +776,66 @@ fn sigkill_with_a_target_in_another_namespace_is_undone_by_recover() {
     let _killed = holder.kill();
     let _reaped = holder.wait();
 }
+
+#[test]
+fn an_interface_that_appears_mid_session_gets_the_fault_within_a_second() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "loss:p=1,dir=egress,proto=udp,dst=10.211.0.0/24",
+    ]);
+    // A veth pair made after the start: this end here, the other in a namespace of the test.
+    let ns = TestNetns::new("veth");
+    let host_end = format!("chaos-h{}", std::process::id() % 100_000);
+    for args in [
+        format!(
+            "link add {host_end} type veth peer name chaos-peer netns {}",
+            ns.name
+        ),
+        format!("addr add 10.211.0.1/24 dev {host_end}"),
+        format!("link set {host_end} up"),
+    ] {
+        let (status, _, stderr) = run(Command::new("ip").args(args.split(' ')));
+        assert!(status.success(), "ip {args}: {stderr}");
+    }
+    for args in [
+        "addr add 10.211.0.2/24 dev chaos-peer",
+        "link set chaos-peer up",
+    ] {
+        let (status, _, stderr) = run(&mut ns.command(&["ip"]).args(args.split(' ')));
+        assert!(status.success(), "ip {args}: {stderr}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let receive = |cgroup: Option<&TestCgroup>| -> u64 {
+        let mut rx = ns.command(&[PROBE, "udp-recv", "2", "10.211.0.2"]);
+        rx.stdout(std::process::Stdio::piped());
+        let mut rx = rx.spawn().expect("start the receiver");
+        let mut out = std::io::BufReader::new(rx.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut out, &mut first).expect("the receiver's port");
+        let port = serde_json::from_str::<serde_json::Value>(&first).expect("JSON")["port"]
+            .as_u64()
+            .expect("port");
+        let sent = udp_send(probe(), cgroup, &format!("10.211.0.2:{port}"), 200);
+        assert_eq!(sent.errors, 0);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("the receiver's count");
+        rx.wait().expect("receiver");
+        last_json(&rest)["received"].as_u64().expect("received")
+    };
+    assert_eq!(
+        receive(Some(&target)),
+        0,
+        "the new interface carries the fault"
+    );
+    assert_eq!(receive(None), 200, "for the target only");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    let _deleted = Command::new("ip").args(["link", "del", &host_end]).status();
+}

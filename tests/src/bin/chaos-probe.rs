@@ -1,7 +1,8 @@
 //! The workload the privileged tests put into cgroups. Each subcommand prints one JSON line.
 //!
 //! - `udp-send ADDR COUNT INTERVAL_US`: numbered datagrams; counts sendto errors.
-//! - `udp-recv SECONDS`: binds 127.0.0.1:0, prints `{"port":P}`, counts datagrams for SECONDS.
+//! - `udp-recv SECONDS [ADDR]`: binds ADDR (127.0.0.1 by default) port 0, prints `{"port":P}`,
+//!   counts datagrams for SECONDS.
 //! - `tcp-send ADDR BYTES`: one connection; prints the bytes sent and TCP's retransmissions.
 //! - `tcp-connect ADDR`: one connect(); prints `{"ok":true}` or the errno it failed with.
 //! - `tcp-hold ADDR SECONDS`: connects, then reads until the connection ends or SECONDS pass;
@@ -27,7 +28,10 @@ fn main() {
             arg(2).parse().unwrap_or_else(|_| usage()),
             arg(3).parse().unwrap_or_else(|_| usage()),
         ),
-        "udp-recv" => udp_recv(arg(1).parse().unwrap_or_else(|_| usage())),
+        "udp-recv" => udp_recv(
+            arg(1).parse().unwrap_or_else(|_| usage()),
+            args.get(2).map_or("127.0.0.1", String::as_str),
+        ),
         "tcp-send" => {
             let (sent, retransmits, _) =
                 tcp_send(arg(1), arg(2).parse().unwrap_or_else(|_| usage()));
@@ -50,7 +54,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS | tcp-send ADDR BYTES \
+        "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
          | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | demo TCP_ADDR PINGS BYTES"
     );
@@ -122,8 +126,8 @@ fn udp_flows(to: &str, flows: usize, count: u32) {
     println!("{{\"flows\":{flows},\"errors\":{errors}}}");
 }
 
-fn udp_recv(seconds: u64) {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+fn udp_recv(seconds: u64, addr: &str) {
+    let socket = UdpSocket::bind((addr, 0)).expect("bind");
     socket
         .set_read_timeout(Some(Duration::from_millis(20)))
         .expect("timeout");
