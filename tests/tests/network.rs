@@ -808,7 +808,7 @@ fn an_interface_that_appears_mid_session_gets_the_fault_within_a_second() {
         "addr add 10.211.0.2/24 dev chaos-peer",
         "link set chaos-peer up",
     ] {
-        let (status, _, stderr) = run(&mut ns.command(&["ip"]).args(args.split(' ')));
+        let (status, _, stderr) = run(ns.command(&["ip"]).args(args.split(' ')));
         assert!(status.success(), "ip {args}: {stderr}");
     }
     std::thread::sleep(Duration::from_millis(1500));
