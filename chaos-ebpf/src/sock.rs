@@ -62,6 +62,18 @@ pub fn chaos_recvmsg6(ctx: SockAddrContext) -> i32 {
     on_recvmsg(ctx.sock_addr, FAMILY_V6)
 }
 
+/// getpeername() of a socket redirected to the DNS responder names the resolver it asked for
+/// (over TCP, the only way a client sees its peer).
+#[cgroup_sock_addr(getpeername4)]
+pub fn chaos_getpeer4(ctx: SockAddrContext) -> i32 {
+    on_recvmsg(ctx.sock_addr, FAMILY_V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn chaos_getpeer6(ctx: SockAddrContext) -> i32 {
+    on_recvmsg(ctx.sock_addr, FAMILY_V6)
+}
+
 /// The destination as the hook carries it: address words in packet byte order and the port in
 /// host order.
 #[inline(always)]

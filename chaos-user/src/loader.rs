@@ -43,6 +43,8 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("chaos_sendmsg6", "cgroup sendmsg6"),
     ("chaos_recvmsg4", "cgroup recvmsg4"),
     ("chaos_recvmsg6", "cgroup recvmsg6"),
+    ("chaos_getpeer4", "cgroup getpeername4"),
+    ("chaos_getpeer6", "cgroup getpeername6"),
     ("chaos_xdp", "xdp"),
     ("probe_fentry", "fentry security_file_open"),
     ("probe_lsm", "lsm file_open"),
@@ -55,6 +57,8 @@ const DNS_PROGRAMS: &[&str] = &[
     "chaos_sendmsg6",
     "chaos_recvmsg4",
     "chaos_recvmsg6",
+    "chaos_getpeer4",
+    "chaos_getpeer6",
 ];
 
 /// Which programs a session needs.

@@ -4,7 +4,8 @@
 #![allow(clippy::print_stdout, reason = "tests print their measurements")]
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -25,8 +26,8 @@ const RESOLVER: &str = "127.0.0.77:53";
 /// What the test's resolver answers to every A query.
 const UPSTREAM_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 
-/// A resolver on [`RESOLVER`] that answers every A query with [`UPSTREAM_A`] and records the
-/// names it was asked.
+/// A resolver on [`RESOLVER`], UDP and TCP, that answers every A query with [`UPSTREAM_A`] and
+/// records the names it was asked.
 struct Resolver {
     names: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -55,7 +56,8 @@ impl Resolver {
                 assert_eq!(rc, 0, "setns");
             }
             let addr: SocketAddr = RESOLVER.parse().expect("an address");
-            let socket = match UdpSocket::bind(addr) {
+            let bound = UdpSocket::bind(addr).and_then(|u| Ok((u, TcpListener::bind(addr)?)));
+            let (socket, listener) = match bound {
                 Ok(s) => s,
                 Err(e) => {
                     bound_tx.send(Err(e)).expect("report");
@@ -65,34 +67,33 @@ impl Resolver {
             socket
                 .set_read_timeout(Some(Duration::from_millis(50)))
                 .expect("timeout");
+            listener.set_nonblocking(true).expect("nonblocking");
             bound_tx.send(Ok(())).expect("report");
             let mut buf = [0u8; 4096];
             while !flag.load(Ordering::Relaxed) {
+                // TCP: one query per connection is all the tests send.
+                if let Ok((mut stream, _)) = listener.accept() {
+                    stream.set_nonblocking(false).expect("blocking");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .expect("timeout");
+                    let mut len = [0u8; 2];
+                    if stream.read_exact(&mut len).is_ok() {
+                        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+                        if stream.read_exact(&mut query).is_ok() {
+                            if let Some(reply) = answer(&query, &seen) {
+                                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                                framed.extend(reply);
+                                let _sent = stream.write_all(&framed);
+                            }
+                        }
+                    }
+                }
                 let Ok((len, client)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                let Ok(query) = Message::from_vec(&buf[..len]) else {
-                    continue;
-                };
-                let Some(question) = query.queries().first().cloned() else {
-                    continue;
-                };
-                seen.lock()
-                    .expect("lock")
-                    .push(question.name().to_ascii().trim_end_matches('.').to_string());
-                let mut reply = Message::new();
-                reply
-                    .set_id(query.id())
-                    .set_message_type(MessageType::Response)
-                    .set_recursion_desired(query.recursion_desired())
-                    .set_recursion_available(true)
-                    .add_query(question.clone());
-                if question.query_type() == RecordType::A {
-                    let a = RData::A(A(UPSTREAM_A));
-                    reply.add_answer(Record::from_rdata(question.name().clone(), 60, a));
-                }
-                if let Ok(bytes) = reply.to_vec() {
-                    socket.send_to(&bytes, client).expect("reply");
+                if let Some(reply) = answer(&buf[..len], &seen) {
+                    socket.send_to(&reply, client).expect("reply");
                 }
             }
         });
@@ -129,6 +130,27 @@ impl Drop for Resolver {
             h.join().expect("resolver thread");
         }
     }
+}
+
+/// The resolver's answer to `query`: every A query gets [`UPSTREAM_A`]; the name is recorded.
+fn answer(query: &[u8], seen: &std::sync::Mutex<Vec<String>>) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query).ok()?;
+    let question = query.queries().first()?.clone();
+    seen.lock()
+        .expect("lock")
+        .push(question.name().to_ascii().trim_end_matches('.').to_string());
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .add_query(question.clone());
+    if question.query_type() == RecordType::A {
+        let a = RData::A(A(UPSTREAM_A));
+        reply.add_answer(Record::from_rdata(question.name().clone(), 60, a));
+    }
+    reply.to_vec().ok()
 }
 
 /// A resolv.conf that names the test's resolver, with short timeouts.
@@ -323,4 +345,51 @@ impl Drop for DeleteNetns {
     fn drop(&mut self) {
         let _deleted = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// One query with the probe, in `cgroup`: its JSON line.
+fn query(cgroup: &TestCgroup, name: &str, mode: &str) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chaos-probe"));
+    cmd.args(["dns-query", RESOLVER, name, mode]);
+    cgroup.put(&mut cmd);
+    let (status, stdout, stderr) = run(&mut cmd);
+    assert!(status.success(), "{stderr}");
+    let v = chaos_tests::last_json(&stdout);
+    println!("{mode} {name}: {v}");
+    v
+}
+
+#[test]
+fn dns_over_tcp_and_unconnected_udp_too() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(resolver) = Resolver::start() else {
+        return;
+    };
+    let target = TestCgroup::new("target");
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "dns:name=spoof.test,answer=198.51.100.9",
+    ]);
+    for mode in ["udp", "udp-unconnected", "tcp"] {
+        let v = query(&target, "spoof.test", mode);
+        assert_eq!(v["addr"], "198.51.100.9", "{mode}: {v}");
+        assert_eq!(
+            v["from"], RESOLVER,
+            "{mode}: the answer comes from the resolver asked"
+        );
+    }
+    for mode in ["udp", "udp-unconnected", "tcp"] {
+        let v = query(&target, "other.test", mode);
+        assert_eq!(v["addr"], "192.0.2.7", "{mode}: forwarded: {v}");
+        assert_eq!(v["from"], RESOLVER, "{mode}: {v}");
+    }
+    assert_eq!(resolver.asked("other.test"), 3);
+    assert_eq!(resolver.asked("spoof.test"), 0);
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
 }

@@ -42,6 +42,8 @@ const GUEST_TESTS: &[&str] = &[
     "egress_loss_reaches_a_target_in_another_network_namespace",
     "sigkill_with_a_target_in_another_namespace_is_undone_by_recover",
     "dns_answers_change_for_matching_names_only",
+    "dns_over_tcp_and_unconnected_udp_too",
+    "an_interface_that_appears_mid_session_gets_the_fault_within_a_second",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);

@@ -8,6 +8,9 @@
 //! - `tcp-hold ADDR SECONDS`: connects, then reads until the connection ends or SECONDS pass;
 //!   prints how it ended (`{"errno":N}`, `{"eof":true}` or `{"timeout":true}`).
 //! - `udp-flows ADDR FLOWS COUNT`: COUNT datagrams from each of FLOWS sockets, round robin.
+//! - `dns-query SERVER NAME MODE`: one A query to SERVER (ADDR:PORT) over `udp` (a connected
+//!   socket), `udp-unconnected` (sendto/recvfrom) or `tcp`; prints the rcode, the first address
+//!   and where the answer came from.
 //! - `demo TCP_ADDR PINGS BYTES`: the demo's workload: ping 127.0.0.1, then `tcp-send`; prints
 //!   ping's own summary next to TCP's retransmissions.
 #![allow(clippy::print_stdout, reason = "the probe reports on stdout")]
@@ -47,6 +50,7 @@ fn main() {
             arg(2).parse().unwrap_or_else(|_| usage()),
             arg(3).parse().unwrap_or_else(|_| usage()),
         ),
+        "dns-query" => dns_query(arg(1), arg(2), arg(3)),
         "demo" => demo(arg(1), arg(2), arg(3).parse().unwrap_or_else(|_| usage())),
         _ => usage(),
     }
@@ -56,6 +60,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
          | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
+         | dns-query SERVER NAME udp|udp-unconnected|tcp \
          | demo TCP_ADDR PINGS BYTES"
     );
     std::process::exit(2);
@@ -124,6 +129,73 @@ fn udp_flows(to: &str, flows: usize, count: u32) {
         std::thread::sleep(Duration::from_millis(1));
     }
     println!("{{\"flows\":{flows},\"errors\":{errors}}}");
+}
+
+fn dns_query(server: &str, name: &str, mode: &str) {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let server: std::net::SocketAddr = server.parse().unwrap_or_else(|_| usage());
+    let mut query = Message::new();
+    query
+        .set_id(0x5a5a)
+        .set_recursion_desired(true)
+        .add_query(Query::query(
+            Name::from_ascii(name).unwrap_or_else(|_| usage()),
+            RecordType::A,
+        ));
+    let bytes = query.to_vec().expect("encode the query");
+    let timeout = Some(Duration::from_secs(2));
+    let (reply, from) = match mode {
+        "udp" | "udp-unconnected" => {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            socket.set_read_timeout(timeout).expect("timeout");
+            let mut buf = [0u8; 4096];
+            let got = if mode == "udp" {
+                socket.connect(server).expect("connect");
+                socket.send(&bytes).expect("send");
+                socket.recv(&mut buf).map(|n| (n, server))
+            } else {
+                socket.send_to(&bytes, server).expect("send");
+                socket.recv_from(&mut buf)
+            };
+            match got {
+                Ok((n, from)) => (buf[..n].to_vec(), from),
+                Err(e) => return println!("{{\"error\":{:?}}}", e.to_string()),
+            }
+        }
+        "tcp" => {
+            let mut stream = match TcpStream::connect_timeout(&server, Duration::from_secs(2)) {
+                Ok(s) => s,
+                Err(e) => return println!("{{\"error\":{:?}}}", e.to_string()),
+            };
+            stream.set_read_timeout(timeout).expect("timeout");
+            let peer = stream.peer_addr().expect("peer");
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend(&bytes);
+            stream.write_all(&framed).expect("write");
+            let mut len = [0u8; 2];
+            if let Err(e) = stream.read_exact(&mut len) {
+                return println!("{{\"error\":{:?}}}", e.to_string());
+            }
+            let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+            stream.read_exact(&mut reply).expect("read the answer");
+            (reply, peer)
+        }
+        _ => usage(),
+    };
+    let reply = Message::from_vec(&reply).expect("decode the answer");
+    let addr = reply.answers().iter().find_map(|r| match r.data() {
+        RData::A(a) => Some(a.0.to_string()),
+        _ => None,
+    });
+    println!(
+        "{{\"rcode\":{:?},\"addr\":{},\"from\":{:?}}}",
+        reply.response_code().to_string(),
+        addr.map_or("null".to_string(), |a| format!("{a:?}")),
+        from.to_string()
+    );
 }
 
 fn udp_recv(seconds: u64, addr: &str) {
