@@ -478,7 +478,12 @@ impl fmt::Display for FaultSpec {
                 write_filter(f, &delay.filter, delay.flows)
             }
             FaultSpec::Bandwidth(b) => {
-                write!(f, "bandwidth:rate={}bps,burst={}B", b.rate, b.burst)?;
+                write!(
+                    f,
+                    "bandwidth:rate={},burst={}",
+                    RateText(b.rate),
+                    SizeText(b.burst)
+                )?;
                 write_filter(f, &b.filter, b.flows)
             }
             FaultSpec::Corrupt(c) => {
@@ -531,6 +536,39 @@ impl fmt::Display for FaultSpec {
                 write_filter(f, &x.filter, x.flows)
             }
         }
+    }
+}
+
+/// A rate in bytes per second, written in the largest of tc's bit units that is exact.
+struct RateText(u64);
+
+impl fmt::Display for RateText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = self.0 * 8;
+        for (unit, scale) in [
+            ("gbit", 1_000_000_000),
+            ("mbit", 1_000_000),
+            ("kbit", 1_000),
+        ] {
+            if bits % scale == 0 {
+                return write!(f, "{}{unit}", bits / scale);
+            }
+        }
+        write!(f, "{}bps", self.0)
+    }
+}
+
+/// A size in bytes, written in the largest IEC unit that is exact.
+struct SizeText(u64);
+
+impl fmt::Display for SizeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 % scale == 0 {
+                return write!(f, "{}{unit}", self.0 / scale);
+            }
+        }
+        write!(f, "{}", self.0)
     }
 }
 
@@ -1258,6 +1296,7 @@ mod tests {
             "loss:model=gilbert,enter_bad=0.01,leave_bad=0.3,loss_bad=0.9,flows=0.5",
             "delay:time=100ms,jitter=10ms,proto=icmp",
             "bandwidth:rate=1mbit,burst=32KiB,dport=443",
+            "bandwidth:rate=1001bps,burst=1500",
             "corrupt:p=0.01,bytes=4",
             "duplicate:p=0.2,flows=0.3",
             "connect:errno=econnrefused,dport=5432",

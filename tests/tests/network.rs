@@ -839,3 +839,47 @@ fn an_interface_that_appears_mid_session_gets_the_fault_within_a_second() {
     assert!(status.success(), "{lines:?}");
     let _deleted = Command::new("ip").args(["link", "del", &host_end]).status();
 }
+
+#[test]
+fn reset_every_interval_aborts_new_connections_too() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let (l, port) = listener();
+    let addr = format!("127.0.0.1:{port}");
+    std::thread::spawn(move || {
+        // Accept and hold every connection until the test ends.
+        let mut held = Vec::new();
+        for s in l.incoming().map_while(Result::ok) {
+            held.push(s);
+        }
+    });
+    let json = json_path("reset-interval");
+    let fault = format!("reset:interval=500ms,dport={port}");
+    let mut injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        &fault,
+        "--duration",
+        "4s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    for round in 0..2 {
+        let started = Instant::now();
+        let v = probe_in(Some(&target), &["tcp-hold", &addr, "5"]);
+        assert_eq!(v["errno"], libc::ECONNABORTED, "round {round}: {v}");
+        println!("round {round}: aborted after {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+    let (status, _) = injector.wait();
+    assert!(status.success());
+    let r = report(&json);
+    let aborted = r["faults"][0]["sockets"]["injected"]
+        .as_u64()
+        .expect("count");
+    assert_eq!(aborted, 2, "{r}");
+}
