@@ -1,0 +1,384 @@
+//! The fault spec grammar: `KIND[:key=value[,key=value...]]`, parsed by a pure function from
+//! text to a typed spec, shared by the command line and scenario files.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::error::{Class, Classify};
+
+mod parse;
+mod text;
+mod values;
+
+pub use parse::{keys_of, parse_fault};
+pub use values::{
+    ERRNOS, MAX_DURATION, parse_duration, parse_errno, parse_net, parse_ports, parse_probability,
+    parse_rate, parse_size,
+};
+
+/// Fault kinds this build knows, as users write them.
+pub const KINDS: &[&str] = &[
+    "loss",
+    "delay",
+    "bandwidth",
+    "corrupt",
+    "duplicate",
+    "connect",
+    "reset",
+    "dns",
+    "xdp-drop",
+];
+
+/// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    /// The spec is empty.
+    #[error("empty fault spec")]
+    Empty,
+    /// The kind before the colon is not one this build has.
+    #[error("unknown fault kind `{0}`")]
+    UnknownKind(String),
+    /// An item between commas is not `key=value`.
+    #[error("`{item}` in `{kind}` is not key=value")]
+    NotKeyValue { kind: String, item: String },
+    /// A key that this kind does not take.
+    #[error("unknown key `{key}` for `{kind}`")]
+    UnknownKey {
+        kind: String,
+        key: String,
+        known: &'static [&'static str],
+    },
+    /// The same key twice.
+    #[error("key `{key}` given twice in `{kind}`")]
+    DuplicateKey { kind: String, key: String },
+    /// A key this kind cannot do without.
+    #[error("`{kind}` needs `{key}`")]
+    MissingKey {
+        kind: String,
+        key: &'static str,
+        example: &'static str,
+    },
+    /// A value that does not parse or is out of range.
+    #[error("bad value `{value}` for `{key}`: {expected}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    /// Keys that parse alone but contradict each other.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl Classify for SpecError {
+    fn class(&self) -> Class {
+        Class::BadInput
+    }
+
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            SpecError::Empty | SpecError::NotKeyValue { .. } => {
+                "write a fault as KIND:key=value,key=value, for example `loss:p=0.1,dport=53`"
+                    .to_string()
+            }
+            SpecError::UnknownKind(_) => format!("known kinds: {}", KINDS.join(", ")),
+            SpecError::UnknownKey { known, .. } => format!("known keys: {}", known.join(", ")),
+            SpecError::DuplicateKey { .. } => {
+                "to add a second rule of the same kind, give a second --fault".to_string()
+            }
+            SpecError::MissingKey { example, .. } => format!("for example `{example}`"),
+            SpecError::BadValue { .. } | SpecError::Conflict(_) => return None,
+        })
+    }
+}
+
+/// One parsed `--fault`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum FaultSpec {
+    Loss(LossSpec),
+    Delay(DelaySpec),
+    Bandwidth(BandwidthSpec),
+    Corrupt(CorruptSpec),
+    Duplicate(DuplicateSpec),
+    Connect(ConnectSpec),
+    Reset(ResetSpec),
+    Dns(DnsSpec),
+    XdpDrop(XdpDropSpec),
+}
+
+impl FaultSpec {
+    /// The kind as users write it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::Loss(_) => "loss",
+            FaultSpec::Delay(_) => "delay",
+            FaultSpec::Bandwidth(_) => "bandwidth",
+            FaultSpec::Corrupt(_) => "corrupt",
+            FaultSpec::Duplicate(_) => "duplicate",
+            FaultSpec::Connect(_) => "connect",
+            FaultSpec::Reset(_) => "reset",
+            FaultSpec::Dns(_) => "dns",
+            FaultSpec::XdpDrop(_) => "xdp-drop",
+        }
+    }
+
+    /// Whether the fault acts on one cgroup (all but `xdp-drop`).
+    pub fn needs_cgroup(&self) -> bool {
+        !matches!(self, FaultSpec::XdpDrop(_))
+    }
+}
+
+/// `loss`: packets of the target vanish silently.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LossSpec {
+    /// The loss probability of the Bernoulli model; the Gilbert model's long-run mean.
+    pub p: f64,
+    pub dir: Direction,
+    pub model: LossModel,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// How `loss` decides which packets go.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "model", rename_all = "lowercase")]
+pub enum LossModel {
+    /// Each packet alone, with probability `p`.
+    Bernoulli,
+    /// Gilbert-Elliott: per flow, a good and a bad state with their own loss probabilities,
+    /// and the probabilities of moving between them after each packet.
+    Gilbert {
+        enter_bad: f64,
+        leave_bad: f64,
+        loss_bad: f64,
+        loss_good: f64,
+    },
+}
+
+impl LossModel {
+    /// The long-run loss rate and mean length of a run of consecutive losses the model gives
+    /// (for the Gilbert model with `loss_bad = 1`, `loss_good = 0`, the mean time in the bad
+    /// state).
+    pub fn theory(&self, p: f64) -> (f64, f64) {
+        match *self {
+            LossModel::Bernoulli => (
+                p,
+                if p < 1.0 {
+                    1.0 / (1.0 - p)
+                } else {
+                    f64::INFINITY
+                },
+            ),
+            LossModel::Gilbert {
+                enter_bad,
+                leave_bad,
+                loss_bad,
+                loss_good,
+            } => {
+                let bad_share = enter_bad / (enter_bad + leave_bad);
+                let mean = bad_share * loss_bad + (1.0 - bad_share) * loss_good;
+                (mean, 1.0 / leave_bad)
+            }
+        }
+    }
+}
+
+/// `delay`: egress packets of the target leave `time ± jitter` late.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DelaySpec {
+    #[serde(serialize_with = "text::serialize_duration")]
+    pub time: Duration,
+    #[serde(serialize_with = "text::serialize_duration")]
+    pub jitter: Duration,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// `bandwidth`: egress of the target capped at `rate` bytes per second.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BandwidthSpec {
+    /// Bytes per second.
+    pub rate: u64,
+    /// Bytes that may leave at once above the rate.
+    pub burst: u64,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// `corrupt`: `bytes` payload bytes of matching egress packets flipped, checksum fixed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CorruptSpec {
+    pub p: f64,
+    pub bytes: u8,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// `duplicate`: matching egress packets sent twice.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DuplicateSpec {
+    pub p: f64,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// `connect`: connect() of the target to matching destinations fails or goes elsewhere.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectSpec {
+    pub p: f64,
+    #[serde(flatten)]
+    pub outcome: ConnectOutcome,
+    pub proto: Proto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<Ports>,
+    pub flows: f64,
+}
+
+/// What a matching connect() meets.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectOutcome {
+    /// It fails with this errno.
+    Errno(Errno),
+    /// It reaches this address instead.
+    Redirect(SocketAddr),
+}
+
+/// `reset`: established TCP connections of the target aborted, once or every `interval`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResetSpec {
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "text::serialize_some_duration"
+    )]
+    pub interval: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<Ports>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<Ports>,
+    pub flows: f64,
+}
+
+/// `dns`: answers to the target's queries for matching names replaced.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DnsSpec {
+    pub name: String,
+    pub answer: DnsAnswer,
+    pub p: f64,
+    pub flows: f64,
+}
+
+/// What a `dns` fault answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsAnswer {
+    Nxdomain,
+    Servfail,
+    Refused,
+    /// No answer at all.
+    Timeout,
+    /// This address, for A queries (IPv4) or AAAA queries (IPv6).
+    Addr(IpAddr),
+}
+
+/// `xdp-drop`: packets arriving on a host interface dropped, whatever their cgroup.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct XdpDropSpec {
+    pub dev: String,
+    pub p: f64,
+    #[serde(flatten)]
+    pub filter: PacketFilter,
+    pub flows: f64,
+}
+
+/// A probability as the kernel's 32-bit draw threshold: an action happens when a uniform
+/// `u32` is below it.
+pub fn threshold(p: f64) -> u64 {
+    ((p * (1u64 << 32) as f64).round() as u64).min(1 << 32)
+}
+
+/// An error number by name, as the kernel returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno {
+    pub name: &'static str,
+    pub number: i32,
+}
+
+impl Serialize for Errno {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
+/// Which way a packet travels, seen from the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Egress,
+    Ingress,
+    Both,
+}
+
+impl Direction {
+    pub fn egress(self) -> bool {
+        matches!(self, Direction::Egress | Direction::Both)
+    }
+
+    pub fn ingress(self) -> bool {
+        matches!(self, Direction::Ingress | Direction::Both)
+    }
+}
+
+/// Transport protocol filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// An inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Ports {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// The filter keys that every packet fault shares.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PacketFilter {
+    pub proto: Proto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpNet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<Ports>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<Ports>,
+}
+
+/// The longest `delay` the `fq` qdisc is set up for.
+pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,473 @@
+//! From text to a typed spec: the keys each kind takes and what they mean together.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use super::{values::*, *};
+
+const FILTER_KEYS: &[&str] = &["proto", "src", "dst", "sport", "dport", "flows"];
+
+/// The keys each kind takes, as `--help` and error messages list them.
+pub fn keys_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "loss" => &[
+            "p",
+            "dir",
+            "model",
+            "enter_bad",
+            "leave_bad",
+            "loss_bad",
+            "loss_good",
+            "proto",
+            "src",
+            "dst",
+            "sport",
+            "dport",
+            "flows",
+        ],
+        "delay" => &[
+            "time", "jitter", "proto", "src", "dst", "sport", "dport", "flows",
+        ],
+        "bandwidth" => &[
+            "rate", "burst", "proto", "src", "dst", "sport", "dport", "flows",
+        ],
+        "corrupt" => &[
+            "p", "bytes", "proto", "src", "dst", "sport", "dport", "flows",
+        ],
+        "duplicate" => &["p", "proto", "src", "dst", "sport", "dport", "flows"],
+        "connect" => &["errno", "redirect", "p", "proto", "dst", "dport", "flows"],
+        "reset" => &["interval", "src", "dst", "sport", "dport", "flows"],
+        "dns" => &["name", "answer", "p", "flows"],
+        "xdp-drop" => &["dev", "p", "proto", "src", "dst", "sport", "dport", "flows"],
+        _ => FILTER_KEYS,
+    }
+}
+
+/// Parses one fault spec. Pure: no system state is read.
+pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(SpecError::Empty);
+    }
+    let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
+    let kind = kind.trim();
+    if !KINDS.contains(&kind) {
+        return Err(SpecError::UnknownKind(kind.to_string()));
+    }
+    let pairs = split_pairs(kind, rest)?;
+    let mut keys = Keys {
+        kind,
+        pairs: pairs.clone(),
+    };
+    let spec = match kind {
+        "loss" => FaultSpec::Loss(parse_loss(&mut keys)?),
+        "delay" => FaultSpec::Delay(parse_delay(&mut keys)?),
+        "bandwidth" => FaultSpec::Bandwidth(parse_bandwidth(&mut keys)?),
+        "corrupt" => {
+            let p = keys.probability("p", "corrupt:p=0.01")?;
+            let bytes = match keys.take("bytes") {
+                None => 1,
+                Some(v) => match v.parse::<u8>() {
+                    Ok(n @ 1..=64) => n,
+                    _ => return Err(bad("bytes", v, "expected a count of bytes from 1 to 64")),
+                },
+            };
+            let (filter, flows) = keys.filter()?;
+            FaultSpec::Corrupt(CorruptSpec {
+                p,
+                bytes,
+                filter,
+                flows,
+            })
+        }
+        "duplicate" => {
+            let p = keys.probability("p", "duplicate:p=0.05")?;
+            let (filter, flows) = keys.filter()?;
+            FaultSpec::Duplicate(DuplicateSpec { p, filter, flows })
+        }
+        "connect" => FaultSpec::Connect(parse_connect(&mut keys)?),
+        "reset" => {
+            let interval = keys
+                .take("interval")
+                .map(|v| parse_duration("interval", v))
+                .transpose()?;
+            let (filter, flows) = keys.filter()?;
+            if filter.proto != Proto::Any {
+                return Err(SpecError::Conflict(
+                    "reset aborts TCP connections only; leave proto out".into(),
+                ));
+            }
+            FaultSpec::Reset(ResetSpec {
+                interval,
+                src: filter.src,
+                dst: filter.dst,
+                sport: filter.sport,
+                dport: filter.dport,
+                flows,
+            })
+        }
+        "dns" => FaultSpec::Dns(parse_dns(&mut keys)?),
+        "xdp-drop" => {
+            let Some(dev) = keys.take("dev") else {
+                return Err(missing(kind, "dev", "xdp-drop:dev=eth0,p=0.1"));
+            };
+            if dev.len() >= 16 || dev.contains(['/', ' ']) {
+                return Err(bad("dev", dev, "expected an interface name, such as eth0"));
+            }
+            let dev = dev.to_string();
+            let p = keys.probability("p", "xdp-drop:dev=eth0,p=0.1")?;
+            let (filter, flows) = keys.filter()?;
+            FaultSpec::XdpDrop(XdpDropSpec {
+                dev,
+                p,
+                filter,
+                flows,
+            })
+        }
+        _ => return Err(SpecError::UnknownKind(kind.to_string())),
+    };
+    keys.finish()?;
+    Ok(spec)
+}
+
+/// The key=value pairs of one spec, taken one by one by the kind's parser; any left over at
+/// the end is an unknown key.
+struct Keys<'a> {
+    kind: &'a str,
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Keys<'a> {
+    fn take(&mut self, key: &str) -> Option<&'a str> {
+        let at = self.pairs.iter().position(|(k, _)| *k == key)?;
+        Some(self.pairs.remove(at).1)
+    }
+
+    /// A required probability, or 1 when `example` is empty and the key is missing.
+    fn probability(&mut self, key: &'static str, example: &'static str) -> Result<f64, SpecError> {
+        match self.take(key) {
+            Some(v) => parse_probability(key, v),
+            None if example.is_empty() => Ok(1.0),
+            None => Err(missing(self.kind, key, example)),
+        }
+    }
+
+    /// The shared filter keys and `flows`.
+    fn filter(&mut self) -> Result<(PacketFilter, f64), SpecError> {
+        let mut filter = PacketFilter {
+            proto: Proto::Any,
+            src: None,
+            dst: None,
+            sport: None,
+            dport: None,
+        };
+        for key in ["proto", "src", "dst", "sport", "dport"] {
+            if let Some(value) = self.take(key) {
+                parse_filter_key(&mut filter, key, value)?;
+            }
+        }
+        check_filter(&filter)?;
+        let flows = match self.take("flows") {
+            None => 1.0,
+            Some(v) => {
+                let share = parse_probability("flows", v)?;
+                if share == 0.0 {
+                    return Err(bad("flows", v, "a share of flows above 0, such as 0.3"));
+                }
+                share
+            }
+        };
+        Ok((filter, flows))
+    }
+
+    fn finish(self) -> Result<(), SpecError> {
+        match self.pairs.first() {
+            None => Ok(()),
+            Some((key, _)) => Err(SpecError::UnknownKey {
+                kind: self.kind.to_string(),
+                key: key.to_string(),
+                known: keys_of(self.kind),
+            }),
+        }
+    }
+}
+
+fn missing(kind: &str, key: &'static str, example: &'static str) -> SpecError {
+    SpecError::MissingKey {
+        kind: kind.to_string(),
+        key,
+        example,
+    }
+}
+
+fn split_pairs<'a>(kind: &str, rest: &'a str) -> Result<Vec<(&'a str, &'a str)>, SpecError> {
+    let mut seen = BTreeSet::new();
+    let mut pairs = Vec::new();
+    if rest.trim().is_empty() {
+        return Ok(pairs);
+    }
+    for item in rest.split(',') {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(SpecError::NotKeyValue {
+                kind: kind.to_string(),
+                item: item.to_string(),
+            });
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || value.is_empty() {
+            return Err(SpecError::NotKeyValue {
+                kind: kind.to_string(),
+                item: item.to_string(),
+            });
+        }
+        if !seen.insert(key) {
+            return Err(SpecError::DuplicateKey {
+                kind: kind.to_string(),
+                key: key.to_string(),
+            });
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+const GILBERT_EXAMPLE: &str = "loss:model=gilbert,enter_bad=0.01,leave_bad=0.3";
+
+fn parse_loss(keys: &mut Keys) -> Result<LossSpec, SpecError> {
+    let dir = keys.take("dir").map(parse_direction).transpose()?;
+    let model = match keys.take("model") {
+        None | Some("bernoulli") => None,
+        Some("gilbert") => Some(()),
+        Some(v) => return Err(bad("model", v, "expected bernoulli or gilbert")),
+    };
+    let gilbert_keys = ["enter_bad", "leave_bad", "loss_bad", "loss_good"];
+    let (p, model) = if model.is_some() {
+        if keys.take("p").is_some() {
+            return Err(SpecError::Conflict(
+                "model=gilbert takes enter_bad, leave_bad, loss_bad and loss_good, not p".into(),
+            ));
+        }
+        let enter_bad = keys.probability("enter_bad", GILBERT_EXAMPLE)?;
+        let leave_bad = keys.probability("leave_bad", GILBERT_EXAMPLE)?;
+        if leave_bad == 0.0 || enter_bad == 0.0 {
+            return Err(SpecError::Conflict(
+                "with enter_bad=0 or leave_bad=0 a flow never changes state; \
+                 for loss without bursts, use p"
+                    .into(),
+            ));
+        }
+        let loss_bad = keys.probability("loss_bad", "")?;
+        let loss_good = match keys.take("loss_good") {
+            Some(v) => parse_probability("loss_good", v)?,
+            None => 0.0,
+        };
+        let model = LossModel::Gilbert {
+            enter_bad,
+            leave_bad,
+            loss_bad,
+            loss_good,
+        };
+        (model.theory(0.0).0, model)
+    } else {
+        if let Some(key) = gilbert_keys.iter().find(|k| keys.take(k).is_some()) {
+            return Err(SpecError::Conflict(format!(
+                "`{key}` belongs to model=gilbert; add model=gilbert or leave it out"
+            )));
+        }
+        (keys.probability("p", "loss:p=0.1")?, LossModel::Bernoulli)
+    };
+    let (filter, flows) = keys.filter()?;
+    Ok(LossSpec {
+        p,
+        dir: dir.unwrap_or(Direction::Both),
+        model,
+        filter,
+        flows,
+    })
+}
+
+fn parse_delay(keys: &mut Keys) -> Result<DelaySpec, SpecError> {
+    let Some(time) = keys.take("time") else {
+        return Err(missing(keys.kind, "time", "delay:time=100ms,jitter=10ms"));
+    };
+    let time = parse_duration("time", time)?;
+    if time > MAX_DELAY {
+        return Err(bad(
+            "time",
+            &humantime::format_duration(time).to_string(),
+            "at most 60s",
+        ));
+    }
+    let jitter = match keys.take("jitter") {
+        None => Duration::ZERO,
+        Some(v) => parse_duration("jitter", v)?,
+    };
+    if jitter > time {
+        return Err(SpecError::Conflict(
+            "jitter is spread on both sides of time, so it cannot be larger than time".into(),
+        ));
+    }
+    let (filter, flows) = keys.filter()?;
+    Ok(DelaySpec {
+        time,
+        jitter,
+        filter,
+        flows,
+    })
+}
+
+fn parse_bandwidth(keys: &mut Keys) -> Result<BandwidthSpec, SpecError> {
+    let Some(rate) = keys.take("rate") else {
+        return Err(missing(keys.kind, "rate", "bandwidth:rate=1mbit"));
+    };
+    let rate = parse_rate("rate", rate)?;
+    let burst = match keys.take("burst") {
+        // Ten milliseconds at the rate, and at least one full-size packet of loopback.
+        None => (rate / 100).max(64 * 1024),
+        Some(v) => parse_size("burst", v)?,
+    };
+    if burst == 0 || burst > 1 << 30 {
+        return Err(bad("burst", &burst.to_string(), "between 1 byte and 1GiB"));
+    }
+    let (filter, flows) = keys.filter()?;
+    Ok(BandwidthSpec {
+        rate,
+        burst,
+        filter,
+        flows,
+    })
+}
+
+fn parse_connect(keys: &mut Keys) -> Result<ConnectSpec, SpecError> {
+    let errno = keys.take("errno");
+    let redirect = keys.take("redirect");
+    let outcome = match (errno, redirect) {
+        (Some(e), None) => ConnectOutcome::Errno(parse_errno("errno", e)?),
+        (None, Some(r)) => {
+            let to: SocketAddr = r.parse().map_err(|_| {
+                bad(
+                    "redirect",
+                    r,
+                    "expected ADDR:PORT, such as 127.0.0.1:8080 or [::1]:8080",
+                )
+            })?;
+            ConnectOutcome::Redirect(to)
+        }
+        (Some(_), Some(_)) => {
+            return Err(SpecError::Conflict(
+                "give errno or redirect, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(missing(
+                keys.kind,
+                "errno",
+                "connect:errno=ECONNREFUSED,dport=5432",
+            ));
+        }
+    };
+    let p = keys.probability("p", "")?;
+    let (filter, flows) = keys.filter()?;
+    if filter.src.is_some() || filter.sport.is_some() {
+        return Err(SpecError::Conflict(
+            "connect matches the destination only (dst, dport); a connecting socket has no \
+             source yet"
+                .into(),
+        ));
+    }
+    if filter.proto == Proto::Icmp {
+        return Err(bad("proto", "icmp", "connect takes proto=tcp, udp or any"));
+    }
+    if let (ConnectOutcome::Redirect(to), Some(dst)) = (outcome, filter.dst) {
+        if to.is_ipv4() != dst.addr().is_ipv4() {
+            return Err(SpecError::Conflict(format!(
+                "redirect={to} and dst={dst} are of different address families; a socket can \
+                 only be sent to an address of its own family"
+            )));
+        }
+    }
+    Ok(ConnectSpec {
+        p,
+        outcome,
+        proto: filter.proto,
+        dst: filter.dst,
+        dport: filter.dport,
+        flows,
+    })
+}
+
+fn parse_dns(keys: &mut Keys) -> Result<DnsSpec, SpecError> {
+    let name = keys.take("name").unwrap_or("*");
+    let valid = name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '.' | '-' | '_'));
+    if !valid {
+        return Err(bad(
+            "name",
+            name,
+            "expected a name or a glob of letters, digits, `-`, `.` and `*`, such as *.example.com",
+        ));
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let Some(answer) = keys.take("answer") else {
+        return Err(missing(
+            keys.kind,
+            "answer",
+            "dns:name=*.example.com,answer=nxdomain",
+        ));
+    };
+    let answer = match answer.to_ascii_lowercase().as_str() {
+        "nxdomain" => DnsAnswer::Nxdomain,
+        "servfail" => DnsAnswer::Servfail,
+        "refused" => DnsAnswer::Refused,
+        "timeout" => DnsAnswer::Timeout,
+        other => DnsAnswer::Addr(other.parse().map_err(|_| {
+            bad(
+                "answer",
+                answer,
+                "expected nxdomain, servfail, refused, timeout or an address",
+            )
+        })?),
+    };
+    let p = keys.probability("p", "")?;
+    let flows = match keys.take("flows") {
+        None => 1.0,
+        Some(v) => parse_probability("flows", v)?,
+    };
+    Ok(DnsSpec {
+        name: if name.is_empty() { "*".into() } else { name },
+        answer,
+        p,
+        flows,
+    })
+}
+
+/// Sets `filter` from one of the shared filter keys; returns false for any other key.
+fn parse_filter_key(filter: &mut PacketFilter, key: &str, value: &str) -> Result<bool, SpecError> {
+    match key {
+        "proto" => filter.proto = parse_proto(value)?,
+        "src" => filter.src = Some(parse_net(key, value)?),
+        "dst" => filter.dst = Some(parse_net(key, value)?),
+        "sport" => filter.sport = Some(parse_ports(key, value)?),
+        "dport" => filter.dport = Some(parse_ports(key, value)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn check_filter(filter: &PacketFilter) -> Result<(), SpecError> {
+    if let (Some(src), Some(dst)) = (filter.src, filter.dst) {
+        if src.addr().is_ipv4() != dst.addr().is_ipv4() {
+            return Err(SpecError::Conflict(format!(
+                "src={src} and dst={dst} are of different address families, so no packet could match"
+            )));
+        }
+    }
+    let has_ports = filter.sport.is_some() || filter.dport.is_some();
+    if has_ports && matches!(filter.proto, Proto::Icmp) {
+        return Err(SpecError::Conflict(
+            "sport/dport need proto=tcp, proto=udp or no proto; icmp has no ports".to_string(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The grammar's own tests: what parses, what is refused and how it is named.
+
+use super::*;
+
+fn loss(text: &str) -> LossSpec {
+    match parse_fault(text) {
+        Ok(FaultSpec::Loss(l)) => l,
+        other => panic!("{text}: {other:?}"),
+    }
+}
+
+#[test]
+fn loss_defaults() {
+    let l = loss("loss:p=0.3");
+    assert_eq!(l.p, 0.3);
+    assert_eq!(l.dir, Direction::Both);
+    assert_eq!(l.filter.proto, Proto::Any);
+    assert!(l.filter.src.is_none() && l.filter.dport.is_none());
+}
+
+#[test]
+fn loss_every_key() {
+    let l =
+        loss("loss:p=1,dir=egress,proto=udp,src=10.1.2.3/8,dst=10.9.9.9,sport=1000-2000,dport=53");
+    assert_eq!(l.dir, Direction::Egress);
+    assert_eq!(l.filter.proto, Proto::Udp);
+    assert_eq!(l.filter.src.unwrap().to_string(), "10.0.0.0/8");
+    assert_eq!(l.filter.sport, Some(Ports { lo: 1000, hi: 2000 }));
+    assert_eq!(l.filter.dport, Some(Ports { lo: 53, hi: 53 }));
+    assert_eq!(threshold(l.p), 1 << 32);
+}
+
+#[test]
+fn mixed_families_conflict() {
+    let err = parse_fault("loss:p=1,src=10.0.0.0/8,dst=::1").unwrap_err();
+    assert!(matches!(err, SpecError::Conflict(_)), "{err}");
+}
+
+#[test]
+fn canonical_text_round_trips() {
+    for text in [
+        "loss:p=0.3",
+        "loss:p=0.05,dir=ingress,proto=tcp,dst=127.0.0.0/8,dport=80-90",
+        "loss:model=gilbert,enter_bad=0.01,leave_bad=0.3,loss_bad=0.9,flows=0.5",
+        "delay:time=100ms,jitter=10ms,proto=icmp",
+        "bandwidth:rate=1mbit,burst=32KiB,dport=443",
+        "bandwidth:rate=1001bps,burst=1500",
+        "corrupt:p=0.01,bytes=4",
+        "duplicate:p=0.2,flows=0.3",
+        "connect:errno=econnrefused,dport=5432",
+        "connect:redirect=[::1]:8080,p=0.5",
+        "reset",
+        "reset:interval=2s,dport=80",
+        "dns:name=*.Example.com.,answer=198.51.100.1,p=0.5,flows=0.2",
+        "xdp-drop:dev=lo,p=0.1,proto=udp",
+    ] {
+        let spec = parse_fault(text).unwrap();
+        assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
+    }
+}
+
+#[test]
+fn spelling_is_forgiving_where_it_is_unambiguous() {
+    assert_eq!(
+        parse_fault("loss :p=0.1").unwrap(),
+        parse_fault("loss:p=0.1").unwrap()
+    );
+    assert_eq!(
+        parse_fault("loss:p=-0").unwrap().to_string(),
+        "loss:p=0,dir=both"
+    );
+}
+
+#[test]
+fn units_are_tcs() {
+    assert_eq!(parse_rate("r", "1mbit").unwrap(), 125_000);
+    assert_eq!(parse_rate("r", "200kbps").unwrap(), 200_000);
+    assert_eq!(parse_rate("r", "1kibit").unwrap(), 128);
+    assert_eq!(parse_rate("r", "1.5gbit").unwrap(), 187_500_000);
+    assert_eq!(parse_size("b", "64KiB").unwrap(), 65536);
+    assert_eq!(parse_size("b", "1500").unwrap(), 1500);
+}
+
+#[test]
+fn gilbert_theory() {
+    let FaultSpec::Loss(l) =
+        parse_fault("loss:model=gilbert,enter_bad=0.01,leave_bad=0.25").unwrap()
+    else {
+        panic!()
+    };
+    let (mean, burst) = l.model.theory(l.p);
+    assert!((mean - 0.01 / 0.26).abs() < 1e-12 && (l.p - mean).abs() < 1e-12);
+    assert!((burst - 4.0).abs() < 1e-12);
+}
+
+#[test]
+fn thresholds() {
+    assert_eq!(threshold(loss("loss:p=0").p), 0);
+    assert_eq!(threshold(loss("loss:p=0.5").p), 1 << 31);
+    assert_eq!(threshold(loss("loss:p=1").p), 1 << 32);
+}
+
+#[test]
+fn bad_input_is_named() {
+    let cases: &[(&str, &str)] = &[
+        ("", "empty"),
+        ("latency:for=10ms", "unknown fault kind `latency`"),
+        ("delay:for=10ms", "`delay` needs `time`"),
+        ("delay:time=10", "bad value `10` for `time`"),
+        ("delay:time=10ms,jitter=20ms", "cannot be larger than time"),
+        ("delay:time=2m", "at most 60s"),
+        ("bandwidth", "`bandwidth` needs `rate`"),
+        ("bandwidth:rate=1000", "bad value `1000` for `rate`"),
+        ("bandwidth:rate=1mbyte", "bad value `1mbyte` for `rate`"),
+        ("bandwidth:rate=1mbit,burst=2GiB", "1GiB"),
+        (
+            "bandwidth:rate=1mbit,burst=lots",
+            "bad value `lots` for `burst`",
+        ),
+        ("corrupt:p=0.1,bytes=0", "bad value `0` for `bytes`"),
+        ("corrupt:p=0.1,bytes=65", "bad value `65` for `bytes`"),
+        ("duplicate", "`duplicate` needs `p`"),
+        ("connect", "`connect` needs `errno`"),
+        (
+            "connect:errno=EWHATEVER",
+            "bad value `EWHATEVER` for `errno`",
+        ),
+        ("connect:errno=EIO,redirect=127.0.0.1:1", "not both"),
+        (
+            "connect:redirect=127.0.0.1",
+            "bad value `127.0.0.1` for `redirect`",
+        ),
+        ("connect:errno=EIO,sport=1", "destination only"),
+        (
+            "connect:redirect=[::1]:80,dst=10.0.0.0/8",
+            "different address families",
+        ),
+        ("reset:interval=0s", "longer than zero"),
+        ("reset:proto=udp", "TCP connections only"),
+        ("dns", "`dns` needs `answer`"),
+        ("dns:answer=maybe", "bad value `maybe` for `answer`"),
+        ("dns:name=a/b,answer=nxdomain", "bad value `a/b` for `name`"),
+        ("xdp-drop:p=1", "`xdp-drop` needs `dev`"),
+        ("xdp-drop:dev=a/b,p=1", "bad value `a/b` for `dev`"),
+        ("loss:p=0.1,flows=0", "a share of flows above 0"),
+        ("loss:p=0.1,flows=2", "bad value `2` for `flows`"),
+        ("loss:model=gilbert", "`loss` needs `enter_bad`"),
+        (
+            "loss:model=gilbert,enter_bad=0.1,leave_bad=0.2,p=0.1",
+            "not p",
+        ),
+        ("loss:p=0.1,leave_bad=0.2", "belongs to model=gilbert"),
+        ("loss:model=markov,p=0.1", "bad value `markov` for `model`"),
+        (
+            "loss:model=gilbert,enter_bad=0,leave_bad=0.2",
+            "never changes state",
+        ),
+        ("loss", "`loss` needs `p`"),
+        ("loss:p=1.5", "bad value `1.5` for `p`"),
+        ("loss:p=-0.1", "bad value `-0.1` for `p`"),
+        ("loss:p=NaN", "bad value `NaN` for `p`"),
+        ("loss:p=abc", "bad value `abc` for `p`"),
+        ("loss:p=0.1,colour=red", "unknown key `colour`"),
+        ("loss:p=0.1,p=0.2", "given twice"),
+        (
+            "loss:p=0.1,dst=10.0.0.0/33",
+            "bad value `10.0.0.0/33` for `dst`",
+        ),
+        (
+            "loss:p=0.1,src=300.1.1.1",
+            "bad value `300.1.1.1` for `src`",
+        ),
+        ("loss:p=0.1,dport=70000", "bad value `70000` for `dport`"),
+        ("loss:p=0.1,dport=90-80", "low end"),
+        ("loss:p=0.1,sport=x", "bad value `x` for `sport`"),
+        ("loss:p=0.1,dir=up", "bad value `up` for `dir`"),
+        ("loss:p=0.1,proto=sctp", "bad value `sctp` for `proto`"),
+        ("loss:p=0.1,proto=icmp,dport=1", "icmp has no ports"),
+        ("loss:p=0.1,dport", "is not key=value"),
+        ("loss:p=", "is not key=value"),
+        ("loss:p=1e-10", "resolution"),
+        ("loss:p=0.9999999999", "resolution"),
+        ("loss:p=1,dst=::ffff:127.0.0.1", "write 127.0.0.1"),
+    ];
+    for (text, want) in cases {
+        let err = parse_fault(text).expect_err(text);
+        assert!(
+            err.to_string().contains(want),
+            "{text}: got `{err}`, want `{want}`"
+        );
+        assert_eq!(err.class(), Class::BadInput);
+    }
+}
+
+#[test]
+fn durations_need_units() {
+    assert_eq!(
+        parse_duration("d", "250ms").unwrap(),
+        Duration::from_millis(250)
+    );
+    assert_eq!(parse_duration("d", "5m").unwrap(), Duration::from_secs(300));
+    assert_eq!(
+        parse_duration("d", "250us").unwrap(),
+        Duration::from_micros(250)
+    );
+    assert!(parse_duration("d", "365d").is_ok());
+    for bad in [
+        "10",
+        "0s",
+        "ten seconds",
+        "-1s",
+        "",
+        "366d",
+        "18446744073709551615s",
+    ] {
+        assert!(parse_duration("d", bad).is_err(), "{bad}");
+    }
+}

@@ -1,0 +1,214 @@
+//! The canonical text of a spec: what `Display` prints, which parses back to the same spec.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use super::*;
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+pub(super) fn serialize_duration<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+pub(super) fn serialize_some_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serialize_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl fmt::Display for DnsAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsAnswer::Nxdomain => f.write_str("nxdomain"),
+            DnsAnswer::Servfail => f.write_str("servfail"),
+            DnsAnswer::Refused => f.write_str("refused"),
+            DnsAnswer::Timeout => f.write_str("timeout"),
+            DnsAnswer::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl fmt::Display for FaultSpec {
+    /// The canonical text of the spec: every key, in a fixed order, defaults included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        match self {
+            FaultSpec::Loss(loss) => {
+                let dir = match loss.dir {
+                    Direction::Egress => "egress",
+                    Direction::Ingress => "ingress",
+                    Direction::Both => "both",
+                };
+                match loss.model {
+                    LossModel::Bernoulli => write!(f, "loss:p={},dir={dir}", loss.p)?,
+                    LossModel::Gilbert {
+                        enter_bad,
+                        leave_bad,
+                        loss_bad,
+                        loss_good,
+                    } => write!(
+                        f,
+                        "loss:model=gilbert,enter_bad={enter_bad},leave_bad={leave_bad},\
+                         loss_bad={loss_bad},loss_good={loss_good},dir={dir}"
+                    )?,
+                }
+                write_filter(f, &loss.filter, loss.flows)
+            }
+            FaultSpec::Delay(delay) => {
+                write!(f, "delay:time={}", d(&delay.time))?;
+                if !delay.jitter.is_zero() {
+                    write!(f, ",jitter={}", d(&delay.jitter))?;
+                }
+                write_filter(f, &delay.filter, delay.flows)
+            }
+            FaultSpec::Bandwidth(b) => {
+                write!(
+                    f,
+                    "bandwidth:rate={},burst={}",
+                    RateText(b.rate),
+                    SizeText(b.burst)
+                )?;
+                write_filter(f, &b.filter, b.flows)
+            }
+            FaultSpec::Corrupt(c) => {
+                write!(f, "corrupt:p={},bytes={}", c.p, c.bytes)?;
+                write_filter(f, &c.filter, c.flows)
+            }
+            FaultSpec::Duplicate(dup) => {
+                write!(f, "duplicate:p={}", dup.p)?;
+                write_filter(f, &dup.filter, dup.flows)
+            }
+            FaultSpec::Connect(c) => {
+                match c.outcome {
+                    ConnectOutcome::Errno(e) => write!(f, "connect:errno={}", e.name)?,
+                    ConnectOutcome::Redirect(to) => write!(f, "connect:redirect={to}")?,
+                }
+                write!(f, ",p={}", c.p)?;
+                let filter = PacketFilter {
+                    proto: c.proto,
+                    src: None,
+                    dst: c.dst,
+                    sport: None,
+                    dport: c.dport,
+                };
+                write_filter(f, &filter, c.flows)
+            }
+            FaultSpec::Reset(r) => {
+                let filter = PacketFilter {
+                    proto: Proto::Any,
+                    src: r.src,
+                    dst: r.dst,
+                    sport: r.sport,
+                    dport: r.dport,
+                };
+                let rest = format!("{}", FilterText(&filter, r.flows));
+                match r.interval {
+                    Some(i) => write!(f, "reset:interval={}{rest}", d(&i)),
+                    None if rest.is_empty() => f.write_str("reset"),
+                    None => write!(f, "reset:{}", &rest[1..]),
+                }
+            }
+            FaultSpec::Dns(dns) => {
+                write!(f, "dns:name={},answer={},p={}", dns.name, dns.answer, dns.p)?;
+                if dns.flows < 1.0 {
+                    write!(f, ",flows={}", dns.flows)?;
+                }
+                Ok(())
+            }
+            FaultSpec::XdpDrop(x) => {
+                write!(f, "xdp-drop:dev={},p={}", x.dev, x.p)?;
+                write_filter(f, &x.filter, x.flows)
+            }
+        }
+    }
+}
+
+/// A rate in bytes per second, written in the largest of tc's bit units that is exact.
+struct RateText(u64);
+
+impl fmt::Display for RateText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = self.0 * 8;
+        for (unit, scale) in [
+            ("gbit", 1_000_000_000),
+            ("mbit", 1_000_000),
+            ("kbit", 1_000),
+        ] {
+            if bits.is_multiple_of(scale) {
+                return write!(f, "{}{unit}", bits / scale);
+            }
+        }
+        write!(f, "{}bps", self.0)
+    }
+}
+
+/// A size in bytes, written in the largest IEC unit that is exact.
+struct SizeText(u64);
+
+impl fmt::Display for SizeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0.is_multiple_of(scale) {
+                return write!(f, "{}{unit}", self.0 / scale);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The filter keys of a spec, each after a comma.
+struct FilterText<'a>(&'a PacketFilter, f64);
+
+impl fmt::Display for FilterText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_filter(f, self.0, self.1)
+    }
+}
+
+fn write_filter(f: &mut fmt::Formatter<'_>, filter: &PacketFilter, flows: f64) -> fmt::Result {
+    match filter.proto {
+        Proto::Any => {}
+        Proto::Tcp => f.write_str(",proto=tcp")?,
+        Proto::Udp => f.write_str(",proto=udp")?,
+        Proto::Icmp => f.write_str(",proto=icmp")?,
+    }
+    if let Some(src) = filter.src {
+        write!(f, ",src={src}")?;
+    }
+    if let Some(dst) = filter.dst {
+        write!(f, ",dst={dst}")?;
+    }
+    if let Some(sport) = filter.sport {
+        write!(f, ",sport={sport}")?;
+    }
+    if let Some(dport) = filter.dport {
+        write!(f, ",dport={dport}")?;
+    }
+    if flows < 1.0 {
+        write!(f, ",flows={flows}")?;
+    }
+    Ok(())
+}
+
+impl FromStr for FaultSpec {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        parse_fault(text)
+    }
+}

@@ -1,0 +1,210 @@
+//! Values as users write them: probabilities, addresses, ports, durations, rates, sizes,
+//! error numbers.
+
+use std::{net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+
+use super::*;
+
+/// The error numbers connect() and the other calls may be made to return.
+pub const ERRNOS: &[(&str, i32)] = &[
+    ("ECONNREFUSED", libc::ECONNREFUSED),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ENETUNREACH", libc::ENETUNREACH),
+    ("EHOSTUNREACH", libc::EHOSTUNREACH),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ECONNABORTED", libc::ECONNABORTED),
+    ("ENETDOWN", libc::ENETDOWN),
+    ("EHOSTDOWN", libc::EHOSTDOWN),
+    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
+    ("EADDRINUSE", libc::EADDRINUSE),
+    ("EACCES", libc::EACCES),
+    ("EPERM", libc::EPERM),
+    ("EAGAIN", libc::EAGAIN),
+    ("EINTR", libc::EINTR),
+    ("ENOBUFS", libc::ENOBUFS),
+    ("ENOMEM", libc::ENOMEM),
+    ("EMFILE", libc::EMFILE),
+    ("ENFILE", libc::ENFILE),
+    ("EIO", libc::EIO),
+    ("EINVAL", libc::EINVAL),
+    ("EPROTO", libc::EPROTO),
+];
+
+/// An errno by its name (`ECONNREFUSED`, any case).
+pub fn parse_errno(key: &str, value: &str) -> Result<Errno, SpecError> {
+    let upper = value.to_ascii_uppercase();
+    ERRNOS
+        .iter()
+        .find(|(name, _)| *name == upper)
+        .map(|&(name, number)| Errno { name, number })
+        .ok_or_else(|| {
+            let names: Vec<&str> = ERRNOS.iter().map(|(n, _)| *n).collect();
+            bad(key, value, format!("expected one of {}", names.join(", ")))
+        })
+}
+
+/// A rate in tc's units, in bytes per second: `kbit`, `mbit`, `gbit` (bits), `bps`, `kbps`,
+/// `mbps`, `gbps` (bytes); IEC prefixes (`kibit`, `mibps`) count in 1024s.
+pub fn parse_rate(key: &str, value: &str) -> Result<u64, SpecError> {
+    let expected = "expected a rate with tc's units, such as 1mbit, 500kbit or 200kbps";
+    let lower = value.to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| bad(key, value, expected))?;
+    let (number, unit) = lower.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad(key, value, expected))?;
+    let (prefix, bits) = if let Some(p) = unit.strip_suffix("bit") {
+        (p, true)
+    } else if let Some(p) = unit.strip_suffix("bps") {
+        (p, false)
+    } else {
+        return Err(bad(key, value, expected));
+    };
+    let scale: f64 = match prefix {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0f64.powi(4),
+        _ => return Err(bad(key, value, expected)),
+    };
+    let bytes = number * scale / if bits { 8.0 } else { 1.0 };
+    if !(1.0..=1e13).contains(&bytes) {
+        return Err(bad(key, value, "between 8bit and 10tbps"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// A size in bytes: a plain number of bytes or IEC units (`64KiB`, `1MiB`).
+pub fn parse_size(key: &str, value: &str) -> Result<u64, SpecError> {
+    let size: bytesize::ByteSize = value
+        .parse()
+        .map_err(|_| bad(key, value, "expected a size such as 1500, 64KiB or 1MiB"))?;
+    Ok(size.as_u64())
+}
+
+pub(super) fn bad(key: &str, value: &str, expected: impl Into<String>) -> SpecError {
+    SpecError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected: expected.into(),
+    }
+}
+
+/// A probability: a fraction between 0 and 1 (`0.2`, not `20%`).
+pub fn parse_probability(key: &str, value: &str) -> Result<f64, SpecError> {
+    let p: f64 = value.parse().map_err(|_| {
+        bad(
+            key,
+            value,
+            "expected a fraction between 0 and 1, such as 0.2",
+        )
+    })?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(bad(
+            key,
+            value,
+            "a probability lies between 0 and 1 (write 0.2, not 20)",
+        ));
+    }
+    // The kernel draws 32 bits: a probability finer than that would silently become 0 or 1.
+    let threshold = (p * (1u64 << 32) as f64).round();
+    if p > 0.0 && threshold == 0.0 {
+        return Err(bad(
+            key,
+            value,
+            "below the kernel's resolution of 2^-32; write 0 for never",
+        ));
+    }
+    if p < 1.0 && threshold >= (1u64 << 32) as f64 {
+        return Err(bad(
+            key,
+            value,
+            "closer to 1 than the kernel's resolution; write 1 for always",
+        ));
+    }
+    // `-0` is 0.
+    Ok(if p == 0.0 { 0.0 } else { p })
+}
+
+pub(super) fn parse_direction(value: &str) -> Result<Direction, SpecError> {
+    match value {
+        "egress" => Ok(Direction::Egress),
+        "ingress" => Ok(Direction::Ingress),
+        "both" => Ok(Direction::Both),
+        _ => Err(bad("dir", value, "expected egress, ingress or both")),
+    }
+}
+
+pub(super) fn parse_proto(value: &str) -> Result<Proto, SpecError> {
+    match value {
+        "any" => Ok(Proto::Any),
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        "icmp" => Ok(Proto::Icmp),
+        _ => Err(bad("proto", value, "expected tcp, udp, icmp or any")),
+    }
+}
+
+/// An address or a CIDR; a bare address means that host alone.
+pub fn parse_net(key: &str, value: &str) -> Result<IpNet, SpecError> {
+    let expected = "expected an IPv4 or IPv6 address or CIDR, such as 10.0.0.0/8 or ::1";
+    let net = match value.parse::<IpNet>() {
+        // Keep the network, not the host bits the user wrote: 10.1.2.3/8 means 10.0.0.0/8.
+        Ok(net) => net.trunc(),
+        Err(_) => value
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| bad(key, value, expected))?,
+    };
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            let hint = format!("IPv4 packets carry IPv4 addresses; write {v4}");
+            return Err(bad(key, value, hint));
+        }
+    }
+    Ok(net)
+}
+
+/// A port (`53`) or an inclusive range (`8000-8080`).
+pub fn parse_ports(key: &str, value: &str) -> Result<Ports, SpecError> {
+    let expected = "expected a port (0-65535) or a range lo-hi, such as 8000-8080";
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| bad(key, value, expected))
+    };
+    let (lo, hi) = match value.split_once('-') {
+        Some((lo, hi)) => (port(lo)?, port(hi)?),
+        None => {
+            let p = port(value)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(bad(key, value, "the range's low end is above its high end"));
+    }
+    Ok(Ports { lo, hi })
+}
+
+/// The longest duration any key takes: a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration, always with a unit: `250us`, `200ms`, `2s`, `5m`; more than zero, at most a year.
+pub fn parse_duration(key: &str, value: &str) -> Result<Duration, SpecError> {
+    let expected = "expected a duration with a unit, such as 250ms, 30s or 5m";
+    let d = humantime::parse_duration(value).map_err(|_| bad(key, value, expected))?;
+    if d.is_zero() {
+        return Err(bad(key, value, "a duration must be longer than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(bad(key, value, "at most a year (365d)"));
+    }
+    Ok(d)
+}
