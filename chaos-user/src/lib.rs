@@ -9,6 +9,7 @@ pub mod dns;
 pub mod error;
 pub mod loader;
 pub mod netns;
+pub mod plan;
 pub mod report;
 pub mod session;
 pub mod sockdiag;

@@ -1,0 +1,409 @@
+//! The plan of a session: each fault turned into the rule records the kernel programs read,
+//! and the programs and hooks they need.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chaos_common::{
+    ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, AddrMatch,
+    DIR_EGRESS, DIR_INGRESS, DIR_XDP, FAMILY_V4, FAMILY_V6, MAX_PACKET_RULES, MAX_SOCK_RULES,
+    MODEL_GILBERT, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PacketRule,
+    PortRange, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT, SockRule,
+};
+use ipnet::IpNet;
+
+use crate::{
+    dns,
+    loader::{LoadError, Needs, Programs},
+    spec::{self, ConnectOutcome, DnsAnswer, FaultSpec, LossModel, Ports, Proto},
+};
+
+/// Where a fault lives in the kernel or in chaos-user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// A packet rule, by index.
+    Packet(u32),
+    /// A socket rule, by index.
+    Sock(u32),
+    /// A rule of the DNS responder, by index.
+    Dns(usize),
+    /// Sockets destroyed from user space.
+    Reset,
+}
+
+/// What a session's faults need from the kernel.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub packet: Vec<PacketRule>,
+    pub sock: Vec<SockRule>,
+    /// For each fault, in order, where it lives.
+    pub carriers: Vec<Carrier>,
+    pub needs: Needs,
+    /// `delay` needs the `fq` qdisc on every interface.
+    pub fq: bool,
+    /// The rules of the DNS responder, if any fault is `dns`.
+    pub dns: Vec<dns::DnsRule>,
+}
+
+/// The responder's port when none is running yet (`--dry-run`).
+const NO_PORT: u16 = 0;
+
+impl Plan {
+    /// Turns faults into rule records; `dns_port` is where the DNS responder listens.
+    pub fn new(faults: &[FaultSpec], dns_port: u16) -> Result<Plan, spec::SpecError> {
+        let mut plan = Plan {
+            packet: Vec::new(),
+            sock: Vec::new(),
+            carriers: Vec::new(),
+            needs: Needs::default(),
+            fq: false,
+            dns: Vec::new(),
+        };
+        for fault in faults {
+            let carrier = plan.add(fault, dns_port)?;
+            plan.carriers.push(carrier);
+        }
+        if plan.packet.len() > MAX_PACKET_RULES as usize {
+            return Err(spec::SpecError::Conflict(format!(
+                "{} packet faults (loss, delay, bandwidth, corrupt, duplicate, xdp-drop) given; \
+                 a session holds at most {MAX_PACKET_RULES}",
+                plan.packet.len()
+            )));
+        }
+        if plan.sock.len() > MAX_SOCK_RULES as usize {
+            return Err(spec::SpecError::Conflict(format!(
+                "{} connect faults given (dns takes two places); a session holds at most \
+                 {MAX_SOCK_RULES}",
+                plan.sock.len()
+            )));
+        }
+        Ok(plan)
+    }
+
+    fn add(&mut self, fault: &FaultSpec, dns_port: u16) -> Result<Carrier, spec::SpecError> {
+        let mut rule = PacketRule {
+            flow_threshold: 1 << 32,
+            ..PacketRule::default()
+        };
+        match fault {
+            FaultSpec::Loss(loss) => {
+                rule.action = ACTION_LOSS;
+                rule.threshold = spec::threshold(loss.p);
+                rule.filter = packet_filter(&loss.filter);
+                rule.flow_threshold = spec::threshold(loss.flows);
+                if let LossModel::Gilbert {
+                    enter_bad,
+                    leave_bad,
+                    loss_bad,
+                    loss_good,
+                } = loss.model
+                {
+                    rule.model = MODEL_GILBERT;
+                    rule.enter_bad = spec::threshold(enter_bad);
+                    rule.leave_bad = spec::threshold(leave_bad);
+                    rule.loss_bad = spec::threshold(loss_bad);
+                    rule.loss_good = spec::threshold(loss_good);
+                }
+                if loss.dir.egress() {
+                    rule.dirs |= DIR_EGRESS;
+                    self.needs.tc_egress = true;
+                }
+                if loss.dir.ingress() {
+                    rule.dirs |= DIR_INGRESS;
+                    self.needs.cg_ingress = true;
+                }
+            }
+            FaultSpec::Delay(delay) => {
+                rule.action = ACTION_DELAY;
+                rule.threshold = 1 << 32;
+                rule.delay_ns = delay.time.as_nanos() as u64;
+                rule.jitter_ns = delay.jitter.as_nanos() as u64;
+                rule.filter = packet_filter(&delay.filter);
+                rule.flow_threshold = spec::threshold(delay.flows);
+                rule.dirs = DIR_EGRESS;
+                self.needs.tc_egress = true;
+                self.fq = true;
+            }
+            FaultSpec::Bandwidth(b) => {
+                rule.action = ACTION_BANDWIDTH;
+                rule.rate_bytes = b.rate;
+                rule.burst_bytes = b.burst;
+                rule.filter = packet_filter(&b.filter);
+                rule.flow_threshold = spec::threshold(b.flows);
+                rule.dirs = DIR_EGRESS;
+                self.needs.cg_egress = true;
+                self.needs.sock_ops = true;
+            }
+            FaultSpec::Corrupt(c) => {
+                rule.action = ACTION_CORRUPT;
+                rule.threshold = spec::threshold(c.p);
+                rule.corrupt_bytes = c.bytes;
+                rule.filter = packet_filter(&c.filter);
+                rule.flow_threshold = spec::threshold(c.flows);
+                rule.dirs = DIR_EGRESS;
+                self.needs.tc_egress = true;
+            }
+            FaultSpec::Duplicate(d) => {
+                rule.action = ACTION_DUPLICATE;
+                rule.threshold = spec::threshold(d.p);
+                rule.filter = packet_filter(&d.filter);
+                rule.flow_threshold = spec::threshold(d.flows);
+                rule.dirs = DIR_EGRESS;
+                self.needs.tc_egress = true;
+            }
+            FaultSpec::XdpDrop(x) => {
+                if self.needs.xdp.as_ref().is_some_and(|dev| *dev != x.dev) {
+                    return Err(spec::SpecError::Conflict(
+                        "xdp-drop acts on one interface per session; give every xdp-drop the \
+                         same dev, or run a second session"
+                            .into(),
+                    ));
+                }
+                rule.action = ACTION_LOSS;
+                rule.threshold = spec::threshold(x.p);
+                rule.filter = packet_filter(&x.filter);
+                rule.flow_threshold = spec::threshold(x.flows);
+                rule.dirs = DIR_XDP;
+                self.needs.xdp = Some(x.dev.clone());
+            }
+            FaultSpec::Connect(c) => {
+                let mut rule = SockRule {
+                    threshold: spec::threshold(c.p),
+                    flow_threshold: spec::threshold(c.flows),
+                    dst: addr_match(c.dst),
+                    dport: port_range(c.dport),
+                    proto: proto(c.proto),
+                    ..SockRule::default()
+                };
+                match c.outcome {
+                    ConnectOutcome::Errno(e) => {
+                        rule.action = SOCK_ERRNO;
+                        rule.errno = e.number as u32;
+                    }
+                    ConnectOutcome::Redirect(to) => {
+                        rule.action = SOCK_REDIRECT;
+                        let (family, addr) = words_of(to.ip());
+                        rule.redirect_family = family;
+                        rule.redirect_addr = addr;
+                        rule.redirect_port = to.port().to_be();
+                        if c.dst.is_none() {
+                            // Only sockets of the redirect's family can go there.
+                            rule.dst = AddrMatch {
+                                family,
+                                ..AddrMatch::default()
+                            };
+                        }
+                    }
+                }
+                self.needs.connect = true;
+                self.sock.push(rule);
+                return Ok(Carrier::Sock(self.sock.len() as u32 - 1));
+            }
+            FaultSpec::Dns(d) => {
+                if self.dns.is_empty() {
+                    self.add_dns_redirects(dns_port);
+                }
+                self.dns.push(dns::DnsRule {
+                    name: d.name.clone(),
+                    answer: match d.answer {
+                        DnsAnswer::Nxdomain => dns::Answer::NxDomain,
+                        DnsAnswer::Servfail => dns::Answer::ServFail,
+                        DnsAnswer::Refused => dns::Answer::Refused,
+                        DnsAnswer::Timeout => dns::Answer::Timeout,
+                        DnsAnswer::Addr(a) => dns::Answer::Addr(a),
+                    },
+                    p: d.p,
+                    flows: d.flows,
+                });
+                return Ok(Carrier::Dns(self.dns.len() - 1));
+            }
+            FaultSpec::Reset(_) => return Ok(Carrier::Reset),
+        }
+        self.packet.push(rule);
+        Ok(Carrier::Packet(self.packet.len() as u32 - 1))
+    }
+
+    /// The two socket rules that send the target's DNS traffic (port 53, either family, UDP or
+    /// TCP) to the responder on loopback.
+    fn add_dns_redirects(&mut self, port: u16) {
+        for (family, addr) in [
+            (FAMILY_V4, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            (FAMILY_V6, IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ] {
+            let (_, words) = words_of(addr);
+            self.sock.push(SockRule {
+                threshold: 1 << 32,
+                flow_threshold: 1 << 32,
+                dst: AddrMatch {
+                    family,
+                    ..AddrMatch::default()
+                },
+                dport: PortRange { lo: 53, hi: 53 },
+                action: SOCK_DNS,
+                redirect_family: family,
+                redirect_addr: words,
+                redirect_port: port.to_be(),
+                ..SockRule::default()
+            });
+        }
+        self.needs.connect = true;
+        self.needs.dns = true;
+        self.needs.cg_egress = true;
+    }
+
+    /// Loads and verifies the programs the plan needs, attaching nothing (`--dry-run`).
+    pub fn load(&self) -> Result<Programs, LoadError> {
+        Programs::load(&self.needs)
+    }
+
+    /// A plan for `--dry-run`, before any responder runs.
+    pub fn dry(faults: &[FaultSpec]) -> Result<Plan, spec::SpecError> {
+        Plan::new(faults, NO_PORT)
+    }
+}
+
+fn packet_filter(f: &crate::spec::PacketFilter) -> PacketFilter {
+    PacketFilter {
+        src: addr_match(f.src),
+        dst: addr_match(f.dst),
+        sport: port_range(f.sport),
+        dport: port_range(f.dport),
+        proto: proto(f.proto),
+        _pad: [0; 7],
+    }
+}
+
+fn proto(p: Proto) -> u8 {
+    match p {
+        Proto::Any => PROTO_ANY,
+        Proto::Tcp => PROTO_TCP,
+        Proto::Udp => PROTO_UDP,
+        Proto::Icmp => PROTO_ICMP,
+    }
+}
+
+/// An address as the hooks carry it: its family and its words in packet byte order.
+pub(crate) fn words_of(addr: IpAddr) -> (u8, [u32; 4]) {
+    let mut out = [0u32; 4];
+    let (family, bytes) = match addr {
+        IpAddr::V4(a) => (FAMILY_V4, a.octets().to_vec()),
+        IpAddr::V6(a) => (FAMILY_V6, a.octets().to_vec()),
+    };
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        out[i] = u32::from_ne_bytes(chunk.try_into().expect("chunks of four"));
+    }
+    (family, out)
+}
+
+fn port_range(ports: Option<Ports>) -> PortRange {
+    ports.map_or(PortRange::ANY, |p| PortRange { lo: p.lo, hi: p.hi })
+}
+
+/// The address and mask as the packet carries them, word by word in the kernel's byte order.
+fn addr_match(net: Option<IpNet>) -> AddrMatch {
+    let Some(net) = net else {
+        return AddrMatch::default();
+    };
+    let words = |bytes: &[u8]| {
+        let mut out = [0u32; 4];
+        for (i, chunk) in bytes.chunks(4).enumerate() {
+            out[i] = u32::from_ne_bytes(chunk.try_into().expect("chunks of four"));
+        }
+        out
+    };
+    let (family, addr, mask) = match net {
+        IpNet::V4(n) => (
+            FAMILY_V4,
+            words(&n.network().octets()),
+            words(&n.netmask().octets()),
+        ),
+        IpNet::V6(n) => (
+            FAMILY_V6,
+            words(&n.network().octets()),
+            words(&n.netmask().octets()),
+        ),
+    };
+    AddrMatch {
+        addr,
+        mask,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_fault;
+
+    #[test]
+    fn rules_carry_the_spec() {
+        let faults = vec![
+            parse_fault("loss:p=0.5,dir=egress,proto=udp,dst=127.0.0.0/8,dport=9000-9010").unwrap(),
+            parse_fault("loss:p=1,dir=ingress,src=::1").unwrap(),
+        ];
+        let plan = Plan::new(&faults, 5353).unwrap();
+        assert!(plan.needs.tc_egress && plan.needs.cg_ingress);
+        let r = &plan.packet[0];
+        assert_eq!(r.dirs, DIR_EGRESS);
+        assert_eq!(r.threshold, 1 << 31);
+        assert_eq!(r.filter.proto, PROTO_UDP);
+        assert_eq!(r.filter.dport, PortRange { lo: 9000, hi: 9010 });
+        assert_eq!(r.filter.dst.family, FAMILY_V4);
+        assert_eq!(r.filter.dst.addr[0].to_ne_bytes(), [127, 0, 0, 0]);
+        assert_eq!(r.filter.dst.mask[0].to_ne_bytes(), [255, 0, 0, 0]);
+        assert_eq!(r.filter.src, AddrMatch::default());
+        let r = &plan.packet[1];
+        assert_eq!(r.dirs, DIR_INGRESS);
+        assert_eq!(r.filter.src.family, FAMILY_V6);
+        assert_eq!(r.filter.src.addr[3].to_ne_bytes(), [0, 0, 0, 1]);
+        assert_eq!(r.filter.src.mask, [u32::MAX; 4]);
+    }
+
+    #[test]
+    fn kinds_land_on_their_hooks() {
+        let faults: Vec<FaultSpec> = [
+            "connect:errno=ECONNREFUSED,dport=5432",
+            "dns:name=*.example.com,answer=nxdomain",
+            "bandwidth:rate=8mbit",
+            "delay:time=100ms,jitter=10ms",
+            "reset:dport=80",
+            "connect:redirect=127.0.0.1:9",
+            "xdp-drop:dev=lo,p=0.5",
+        ]
+        .iter()
+        .map(|t| parse_fault(t).unwrap())
+        .collect();
+        let plan = Plan::new(&faults, 5353).unwrap();
+        assert_eq!(
+            plan.carriers,
+            [
+                Carrier::Sock(0),
+                Carrier::Dns(0),
+                Carrier::Packet(0),
+                Carrier::Packet(1),
+                Carrier::Reset,
+                Carrier::Sock(3),
+                Carrier::Packet(2),
+            ]
+        );
+        assert_eq!(plan.sock[0].errno, libc::ECONNREFUSED as u32);
+        assert_eq!(plan.sock[0].dport, PortRange { lo: 5432, hi: 5432 });
+        // The DNS redirects: one per family, to the responder's port.
+        assert_eq!(plan.sock[1].action, SOCK_DNS);
+        assert_eq!(plan.sock[1].redirect_family, FAMILY_V4);
+        assert_eq!(u16::from_be(plan.sock[2].redirect_port), 5353);
+        assert_eq!(plan.sock[2].redirect_family, FAMILY_V6);
+        // A redirect without dst applies to sockets of its own family only.
+        assert_eq!(plan.sock[3].dst.family, FAMILY_V4);
+        assert_eq!(plan.packet[0].rate_bytes, 1_000_000);
+        assert_eq!(plan.packet[1].delay_ns, 100_000_000);
+        assert_eq!(plan.packet[2].dirs, DIR_XDP);
+        assert!(plan.fq && plan.needs.cg_egress && plan.needs.dns);
+        assert_eq!(plan.needs.xdp.as_deref(), Some("lo"));
+        let two_devs = [
+            parse_fault("xdp-drop:dev=lo,p=1").unwrap(),
+            parse_fault("xdp-drop:dev=eth0,p=1").unwrap(),
+        ];
+        assert!(Plan::new(&two_devs, 0).is_err());
+    }
+}
