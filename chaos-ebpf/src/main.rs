@@ -2,10 +2,14 @@
 #![no_std]
 #![no_main]
 
+mod cgroup_skb;
 mod maps;
+mod pacing;
 mod packet;
 mod probe;
 mod sock;
+mod tc;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]
