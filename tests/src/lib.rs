@@ -260,22 +260,7 @@ pub struct UdpCounter {
 
 impl UdpCounter {
     pub fn start() -> UdpCounter {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a UDP socket");
-        let size: libc::c_int = 16 << 20;
-        // SAFETY: setsockopt with a pointer to an int and its size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .expect("timeout");
-        let port = socket.local_addr().expect("address").port();
+        let (socket, _, port) = udp_receiver(Duration::from_millis(20));
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -305,6 +290,26 @@ impl UdpCounter {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("receiver").0
     }
+}
+
+/// A UDP socket on 127.0.0.1 with a receive buffer large enough for a burst and a read
+/// timeout that ends the burst; with its address and port.
+pub fn udp_receiver(timeout: Duration) -> (UdpSocket, String, u16) {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a UDP socket");
+    let size: libc::c_int = 32 << 20;
+    // SAFETY: setsockopt with a pointer to an int and its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    socket.set_read_timeout(Some(timeout)).expect("timeout");
+    let local = socket.local_addr().expect("address");
+    (socket, local.to_string(), local.port())
 }
 
 /// The result line of `chaos-probe udp-send`.
@@ -392,4 +397,36 @@ pub fn run_cgroups() -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A network namespace the test creates (with `ip netns`), loopback up; deleted on drop.
+pub struct TestNetns {
+    pub name: String,
+}
+
+impl TestNetns {
+    pub fn new(label: &str) -> TestNetns {
+        let name = format!("chaos-{label}-{}", std::process::id());
+        let (status, _, stderr) = run(Command::new("ip").args(["netns", "add", &name]));
+        assert!(status.success(), "ip netns add: {stderr}");
+        let (status, _, stderr) =
+            run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        assert!(status.success(), "lo up: {stderr}");
+        TestNetns { name }
+    }
+
+    /// `ip netns exec NAME` followed by `args`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _deleted = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chaos_tests::{Injector, TestCgroup, root_or_skip, run, skip};
+use chaos_tests::{Injector, TestCgroup, TestNetns, root_or_skip, run, skip};
 use hickory_proto::{
     op::{Message, MessageType},
     rr::{RData, Record, RecordType, rdata::A},
@@ -281,22 +281,16 @@ fn dns_reaches_a_target_in_another_network_namespace() {
     if !root_or_skip() {
         return;
     }
-    let name = format!("chaos-dns-{}", std::process::id());
-    let (status, _, stderr) = run(Command::new("ip").args(["netns", "add", &name]));
-    assert!(status.success(), "{stderr}");
-    let _cleanup = DeleteNetns(name.clone());
-    // Loopback, and an IPv4 address besides (glibc asks for A records only when the host has
-    // an address that is not loopback).
+    let ns = TestNetns::new("dns");
+    let name = ns.name.clone();
+    // An IPv4 address besides loopback: glibc asks for A records only when the host has one.
     for args in [
-        "link set lo up",
         "link add chaos0 type veth peer name chaos1",
         "addr add 10.200.0.1/24 dev chaos0",
         "link set chaos0 up",
         "link set chaos1 up",
     ] {
-        let mut cmd = Command::new("ip");
-        cmd.args(["-n", &name]).args(args.split(' '));
-        let (status, _, stderr) = run(&mut cmd);
+        let (status, _, stderr) = run(ns.command(&["ip"]).args(args.split(' ')));
         assert!(status.success(), "ip {args}: {stderr}");
     }
     let Some(resolver) = Resolver::start_in(Some(&name)) else {
@@ -336,15 +330,6 @@ fn dns_reaches_a_target_in_another_network_namespace() {
     let _killed = holder.kill();
     let _reaped = holder.wait();
     std::fs::remove_file(&conf).expect("remove resolv.conf");
-}
-
-/// Deletes a network namespace the test made, when dropped.
-struct DeleteNetns(String);
-
-impl Drop for DeleteNetns {
-    fn drop(&mut self) {
-        let _deleted = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// One query with the probe, in `cgroup`: its JSON line.

@@ -4,8 +4,7 @@
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::{Ipv4Addr, TcpListener, UdpSocket},
-    os::fd::AsRawFd,
+    net::{Ipv4Addr, TcpListener},
     path::Path,
     process::Command,
     sync::mpsc,
@@ -13,8 +12,8 @@ use std::{
 };
 
 use chaos_tests::{
-    Injector, TestCgroup, UdpCounter, binomial_interval, last_json, root_or_skip, run, skip,
-    udp_send,
+    Injector, TestCgroup, TestNetns, UdpCounter, binomial_interval, last_json, root_or_skip, run,
+    skip, udp_receiver, udp_send,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_chaos-probe");
@@ -33,6 +32,22 @@ fn probe_in(cgroup: Option<&TestCgroup>, args: &[&str]) -> serde_json::Value {
     let (status, stdout, stderr) = run(&mut cmd);
     assert!(status.success(), "chaos-probe {args:?}: {status} {stderr}");
     last_json(&stdout)
+}
+
+/// How long a receiver waits for more before it takes a burst as over.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// `chaos-user inject` of one fault on `target`, writing its report to `json`.
+fn inject_reporting(target: &TestCgroup, fault: &str, json: &Path) -> Injector {
+    Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        fault,
+        "--json",
+        json.to_str().expect("a UTF-8 path"),
+    ])
 }
 
 fn report(path: &Path) -> serde_json::Value {
@@ -246,22 +261,7 @@ fn bandwidth_caps_a_tcp_transfer_near_the_rate() {
 
 /// Sends `n` numbered datagrams from the cgroup to a receiver here; returns which arrived.
 fn udp_sequence(target: &TestCgroup, n: u32, interval_us: u32) -> Vec<bool> {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let size: libc::c_int = 32 << 20;
-    // SAFETY: setsockopt with a pointer to an int and its size.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let addr = socket.local_addr().expect("address").to_string();
+    let (socket, addr, _) = udp_receiver(QUIET);
     let handle = std::thread::spawn(move || {
         let mut seen = vec![false; n as usize];
         let mut buf = [0u8; 64];
@@ -324,12 +324,7 @@ fn flows_share_is_stable_per_flow() {
         return;
     }
     let target = TestCgroup::new("target");
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let addr = socket.local_addr().expect("address").to_string();
-    let port = socket.local_addr().expect("address").port();
+    let (socket, addr, port) = udp_receiver(QUIET);
     let fault = format!("loss:p=1,flows=0.3,proto=udp,dport={port}");
     let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", &fault]);
     let flows = 400usize;
@@ -371,23 +366,10 @@ fn corrupt_flips_payload_bytes_and_the_datagram_still_arrives() {
         return;
     }
     let target = TestCgroup::new("target");
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let addr = socket.local_addr().expect("address").to_string();
-    let port = socket.local_addr().expect("address").port();
+    let (socket, addr, port) = udp_receiver(QUIET);
     let json = json_path("corrupt");
     let fault = format!("corrupt:p=1,bytes=3,proto=udp,dport={port}");
-    let injector = Injector::start(&[
-        "inject",
-        "--cgroup",
-        &target.name,
-        "--fault",
-        &fault,
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let injector = inject_reporting(&target, &fault, &json);
     let n = 200u32;
     let handle = std::thread::spawn(move || {
         let mut damaged = Vec::new();
@@ -428,23 +410,10 @@ fn duplicate_sends_matching_datagrams_twice() {
         return;
     }
     let target = TestCgroup::new("target");
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let addr = socket.local_addr().expect("address").to_string();
-    let port = socket.local_addr().expect("address").port();
+    let (socket, addr, port) = udp_receiver(QUIET);
     let json = json_path("duplicate");
     let fault = format!("duplicate:p=0.5,proto=udp,dport={port}");
-    let injector = Injector::start(&[
-        "inject",
-        "--cgroup",
-        &target.name,
-        "--fault",
-        &fault,
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let injector = inject_reporting(&target, &fault, &json);
     let n = 2000u32;
     let handle = std::thread::spawn(move || {
         let mut count = 0u64;
@@ -570,38 +539,6 @@ fn delay_is_refused_where_fq_is_missing() {
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("fq"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-}
-
-/// A network namespace the test creates (with `ip netns`), loopback up; deleted on drop.
-pub struct TestNetns {
-    pub name: String,
-}
-
-impl TestNetns {
-    pub fn new(label: &str) -> TestNetns {
-        let name = format!("chaos-{label}-{}", std::process::id());
-        let (status, _, stderr) = run(Command::new("ip").args(["netns", "add", &name]));
-        assert!(status.success(), "ip netns add: {stderr}");
-        let (status, _, stderr) =
-            run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        assert!(status.success(), "lo up: {stderr}");
-        TestNetns { name }
-    }
-
-    /// `ip netns exec NAME` followed by `args`.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(args);
-        cmd
-    }
-}
-
-impl Drop for TestNetns {
-    fn drop(&mut self) {
-        let _deleted = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 #[test]
