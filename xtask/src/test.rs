@@ -44,6 +44,7 @@ const GUEST_TESTS: &[&str] = &[
     "dns_answers_change_for_matching_names_only",
     "dns_over_tcp_and_unconnected_udp_too",
     "an_interface_that_appears_mid_session_gets_the_fault_within_a_second",
+    "bandwidth_caps_a_tcp_transfer_near_the_rate",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
