@@ -124,11 +124,9 @@ fn police(rule: &PacketRule, i: u32, now: u64, len: u64, tcp: bool) -> i32 {
         bucket.paid_until_ns = paid + cost_ns;
         return CGROUP_SKB_PASS;
     }
-    if tcp {
-        CGROUP_SKB_DROP | CGROUP_SKB_CONGESTED
-    } else {
-        CGROUP_SKB_DROP
-    }
+    // A drop with congestion: TCP slows down, and UDP, unless the socket asked for
+    // IP_RECVERR, is told the datagram left, as a real bottleneck would.
+    CGROUP_SKB_DROP | CGROUP_SKB_CONGESTED
 }
 
 /// When a packet goes to the DNS responder, records by the client's port where its socket

@@ -172,12 +172,15 @@ fn verb(fault: &FaultSpec) -> &'static str {
     match fault {
         FaultSpec::Loss(_) | FaultSpec::XdpDrop(_) => "lost",
         FaultSpec::Delay(_) => "delayed",
-        FaultSpec::Bandwidth(_) => "held",
+        FaultSpec::Bandwidth(_) => "dropped",
         FaultSpec::Corrupt(_) => "corrupted",
         FaultSpec::Duplicate(_) => "duplicated",
-        FaultSpec::Connect(_) => "failed",
+        FaultSpec::Connect(c) => match c.outcome {
+            crate::spec::ConnectOutcome::Errno(_) => "failed",
+            crate::spec::ConnectOutcome::Redirect(_) => "redirected",
+        },
         FaultSpec::Reset(_) => "aborted",
-        FaultSpec::Dns(_) => "answered",
+        FaultSpec::Dns(_) => "faked",
     }
 }
 

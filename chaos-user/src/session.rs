@@ -30,7 +30,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// When the rules of a session stop acting on their own.
 #[derive(Clone, Copy, Debug)]
 pub enum Deadline {
-    /// A fixed end (`--duration`).
+    /// A fixed end (`--duration`), on the monotonic clock; the lease applies too.
     At(Duration),
     /// A lease renewed on every tick.
     Lease,
@@ -123,10 +123,7 @@ impl Session {
             resets,
             namespaces: Vec::new(),
         };
-        session.set_deadlines(match deadline {
-            Deadline::At(d) => d,
-            Deadline::Lease => LEASE,
-        });
+        session.renew_deadlines();
         session.programs.configure(
             session.target.as_ref(),
             &session.plan.packet,
@@ -180,8 +177,15 @@ impl Session {
         Ok(())
     }
 
-    fn set_deadlines(&mut self, from_now: Duration) {
-        let deadline = monotonic_now().saturating_add(from_now).as_nanos() as u64;
+    /// Every rule lives for one lease from now, and never past the end of `--duration`: a
+    /// frozen injector stops faulting within a lease either way.
+    fn renew_deadlines(&mut self) {
+        let lease = monotonic_now().saturating_add(LEASE);
+        let deadline = match self.deadline {
+            Deadline::At(end) => lease.min(end),
+            Deadline::Lease => lease,
+        }
+        .as_nanos() as u64;
         for rule in &mut self.plan.packet {
             rule.deadline_ns = deadline;
         }
@@ -193,11 +197,9 @@ impl Session {
     /// Renews the lease, runs the `reset` faults that are due, and attaches to interfaces
     /// that appeared since the last tick.
     pub fn tick(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
-        if let Deadline::Lease = self.deadline {
-            self.set_deadlines(LEASE);
-            self.programs
-                .write_rules(&self.plan.packet, &self.plan.sock)?;
-        }
+        self.renew_deadlines();
+        self.programs
+            .write_rules(&self.plan.packet, &self.plan.sock)?;
         self.reset_due()?;
         if self.plan.fq {
             tc::install_fq_everywhere(undo, spec::MAX_DELAY, None)?;
@@ -294,6 +296,9 @@ impl Session {
         let mut out = self.programs.attachments();
         if let Some(r) = &self.responder {
             out.push(format!("dns responder on port {}", r.port()));
+        }
+        if !self.resets.is_empty() {
+            out.push("socket destroy through sock_diag".to_string());
         }
         for n in &self.namespaces {
             if n.responder.is_some() {

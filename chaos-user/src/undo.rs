@@ -123,6 +123,21 @@ pub fn undo(entry: &Entry) -> Result<Outcome> {
 fn undo_here(entry: &Entry) -> Result<Outcome> {
     match entry {
         Entry::Cgroup { path } => {
+            // Only what `run` makes: a log that names anything else is not to be trusted.
+            let mount = crate::cgroup::mount_point()?;
+            let ours = path.starts_with(&mount)
+                && path.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .starts_with(crate::cgroup::RUN_CGROUP_PREFIX)
+                })
+                && !path.components().any(|c| c == std::path::Component::ParentDir);
+            if !ours {
+                return Ok(Outcome::Kept(format!(
+                    "{} is not a cgroup that chaos-user makes; the undo log is damaged, so it is \
+                     left alone",
+                    path.display()
+                )));
+            }
             if !path.exists() {
                 return Ok(Outcome::AlreadyGone);
             }

@@ -36,7 +36,7 @@ fn bad_specs_and_arguments() {
     let target = TestCgroup::new("target");
     let specs: &[(&str, &str)] = &[
         ("latency:time=10ms", "unknown fault kind `latency`"),
-        ("delay:for=10ms", "`delay` needs `time`"),
+        ("delay:for=10ms", "unknown key `for` for `delay`"),
         ("delay:time=10ms,jitter=1s", "cannot be larger than time"),
         ("bandwidth:rate=fast", "bad value `fast` for `rate`"),
         ("corrupt:p=0.1,bytes=100", "bad value `100` for `bytes`"),

@@ -71,7 +71,9 @@ fn inject(
         .enable_all()
         .build()?;
     let mut signals = signals::watch()?;
-    let deadline = duration.map_or(Deadline::Lease, Deadline::At);
+    let deadline = duration.map_or(Deadline::Lease, |d| {
+        Deadline::At(crate::session::monotonic_now().saturating_add(d))
+    });
     let mut session = Session::start(target.clone(), faults, deadline, undo)?;
     let what = target.as_ref().map_or_else(
         || "interfaces".to_string(),

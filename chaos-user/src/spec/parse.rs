@@ -54,6 +54,14 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         return Err(SpecError::UnknownKind(kind.to_string()));
     }
     let pairs = split_pairs(kind, rest)?;
+    // An unknown key first: a misspelt key would otherwise show as a missing one.
+    if let Some((key, _)) = pairs.iter().find(|(k, _)| !keys_of(kind).contains(k)) {
+        return Err(SpecError::UnknownKey {
+            kind: kind.to_string(),
+            key: key.to_string(),
+            known: keys_of(kind),
+        });
+    }
     let mut keys = Keys {
         kind,
         pairs: pairs.clone(),
@@ -86,16 +94,16 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         }
         "connect" => FaultSpec::Connect(parse_connect(&mut keys)?),
         "reset" => {
-            let interval = keys
-                .take("interval")
-                .map(|v| parse_duration("interval", v))
-                .transpose()?;
+            let interval = match keys.take("interval") {
+                None => None,
+                Some(v) => match parse_duration("interval", v)? {
+                    i if i < MIN_RESET_INTERVAL => {
+                        return Err(bad("interval", v, "at least 100ms"));
+                    }
+                    i => Some(i),
+                },
+            };
             let (filter, flows) = keys.filter()?;
-            if filter.proto != Proto::Any {
-                return Err(SpecError::Conflict(
-                    "reset aborts TCP connections only; leave proto out".into(),
-                ));
-            }
             FaultSpec::Reset(ResetSpec {
                 interval,
                 src: filter.src,
@@ -230,6 +238,9 @@ fn split_pairs<'a>(kind: &str, rest: &'a str) -> Result<Vec<(&'a str, &'a str)>,
     Ok(pairs)
 }
 
+/// The shortest `reset` interval: each round walks the target's sockets.
+const MIN_RESET_INTERVAL: Duration = Duration::from_millis(100);
+
 const GILBERT_EXAMPLE: &str = "loss:model=gilbert,enter_bad=0.01,leave_bad=0.3";
 
 fn parse_loss(keys: &mut Keys) -> Result<LossSpec, SpecError> {
@@ -289,13 +300,10 @@ fn parse_delay(keys: &mut Keys) -> Result<DelaySpec, SpecError> {
     let Some(time) = keys.take("time") else {
         return Err(missing(keys.kind, "time", "delay:time=100ms,jitter=10ms"));
     };
-    let time = parse_duration("time", time)?;
+    let text = time;
+    let time = parse_duration("time", text)?;
     if time > MAX_DELAY {
-        return Err(bad(
-            "time",
-            &humantime::format_duration(time).to_string(),
-            "at most 60s",
-        ));
+        return Err(bad("time", text, "at most 60s"));
     }
     let jitter = match keys.take("jitter") {
         None => Duration::ZERO,
@@ -323,11 +331,14 @@ fn parse_bandwidth(keys: &mut Keys) -> Result<BandwidthSpec, SpecError> {
     let burst = match keys.take("burst") {
         // Ten milliseconds at the rate, and at least one full-size packet of loopback.
         None => (rate / 100).max(64 * 1024),
-        Some(v) => parse_size("burst", v)?,
+        Some(v) => {
+            let burst = parse_size("burst", v)?;
+            if burst == 0 || burst > 1 << 30 {
+                return Err(bad("burst", v, "between 1 byte and 1GiB"));
+            }
+            burst
+        }
     };
-    if burst == 0 || burst > 1 << 30 {
-        return Err(bad("burst", &burst.to_string(), "between 1 byte and 1GiB"));
-    }
     let (filter, flows) = keys.filter()?;
     Ok(BandwidthSpec {
         rate,
@@ -367,13 +378,6 @@ fn parse_connect(keys: &mut Keys) -> Result<ConnectSpec, SpecError> {
     };
     let p = keys.probability("p", "")?;
     let (filter, flows) = keys.filter()?;
-    if filter.src.is_some() || filter.sport.is_some() {
-        return Err(SpecError::Conflict(
-            "connect matches the destination only (dst, dport); a connecting socket has no \
-             source yet"
-                .into(),
-        ));
-    }
     if filter.proto == Proto::Icmp {
         return Err(bad("proto", "icmp", "connect takes proto=tcp, udp or any"));
     }

@@ -83,9 +83,14 @@ pub fn parse_rate(key: &str, value: &str) -> Result<u64, SpecError> {
 
 /// A size in bytes: a plain number of bytes or IEC units (`64KiB`, `1MiB`).
 pub fn parse_size(key: &str, value: &str) -> Result<u64, SpecError> {
-    let size: bytesize::ByteSize = value
-        .parse()
-        .map_err(|_| bad(key, value, "expected a size such as 1500, 64KiB or 1MiB"))?;
+    let expected = "expected bytes or IEC units, such as 1500, 64KiB or 1MiB";
+    // Only IEC units: `kb` means 1000 to some tools and 1024 to others (tc).
+    let unit = value.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let unit = unit.trim().to_ascii_lowercase();
+    if !["", "b", "kib", "mib", "gib"].contains(&unit.as_str()) {
+        return Err(bad(key, value, expected));
+    }
+    let size: bytesize::ByteSize = value.parse().map_err(|_| bad(key, value, expected))?;
     Ok(size.as_u64())
 }
 
