@@ -112,6 +112,31 @@ fn set_destination(sa: *mut bpf_sock_addr, family: u8, addr: &[u32; 4], port_be:
     }
 }
 
+/// The third word of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), in packet byte order.
+const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The address as the rules see it: an IPv4-mapped address on an IPv6 socket (a dual-stack
+/// socket talking IPv4, as Java's are) is the IPv4 address it stands for.
+#[inline(always)]
+fn unmapped(family: u8, addr: &[u32; 4]) -> (u8, [u32; 4]) {
+    if family == FAMILY_V6 && addr[0] == 0 && addr[1] == 0 && addr[2] == MAPPED {
+        (FAMILY_V4, [addr[3], 0, 0, 0])
+    } else {
+        (family, *addr)
+    }
+}
+
+/// Sends the socket to a rule's address: as it is, or IPv4-mapped on an IPv6 socket.
+#[inline(always)]
+fn redirect(sa: *mut bpf_sock_addr, family: u8, rule: &SockRule) {
+    if family == FAMILY_V6 && rule.redirect_family == FAMILY_V4 {
+        let mapped = [0, 0, MAPPED, rule.redirect_addr[0]];
+        set_destination(sa, family, &mapped, rule.redirect_port);
+    } else {
+        set_destination(sa, family, &rule.redirect_addr, rule.redirect_port);
+    }
+}
+
 #[inline(always)]
 fn on_connect(sa: *mut bpf_sock_addr, family: u8, connect: bool) -> i32 {
     let Some(target) = TARGET.get(0) else {
@@ -127,7 +152,8 @@ fn on_connect(sa: *mut bpf_sock_addr, family: u8, connect: bool) -> i32 {
         _ => return ALLOW,
     };
     let (addr, port) = destination(sa, family);
-    let hash = mix(&[addr[0], addr[1], addr[2], addr[3], port as u32]);
+    let (seen_family, seen) = unmapped(family, &addr);
+    let hash = mix(&[seen[0], seen[1], seen[2], seen[3], port as u32]);
     let now = now();
     for i in 0..MAX_SOCK_RULES {
         if i >= target.sock_rules {
@@ -136,7 +162,8 @@ fn on_connect(sa: *mut bpf_sock_addr, family: u8, connect: bool) -> i32 {
         let Some(rule) = SOCK_RULES.get(i) else {
             break;
         };
-        if !rule_matches(rule, family, proto, &addr, port) || (!connect && rule.action != SOCK_DNS)
+        if !rule_matches(rule, seen_family, proto, &seen, port)
+            || (!connect && rule.action != SOCK_DNS)
         {
             continue;
         }
@@ -152,11 +179,11 @@ fn on_connect(sa: *mut bpf_sock_addr, family: u8, connect: bool) -> i32 {
                 unsafe { bpf_set_retval(-(rule.errno as i32)) };
                 REFUSE
             }
-            SOCK_REDIRECT if rule.redirect_family == family => {
-                set_destination(sa, family, &rule.redirect_addr, rule.redirect_port);
+            SOCK_REDIRECT if rule.redirect_family == seen_family => {
+                redirect(sa, family, rule);
                 ALLOW
             }
-            SOCK_DNS if rule.redirect_family == family => {
+            SOCK_DNS if rule.redirect_family == seen_family => {
                 let original = OriginalDst {
                     addr,
                     port: port.to_be(),
@@ -166,7 +193,7 @@ fn on_connect(sa: *mut bpf_sock_addr, family: u8, connect: bool) -> i32 {
                 // SAFETY: `sa` is this program's context; the cookie is that of its socket.
                 let cookie = unsafe { bpf_get_socket_cookie(sa as *mut _) };
                 if DNS_ORIGINAL.insert(&cookie, &original, 0).is_ok() {
-                    set_destination(sa, family, &rule.redirect_addr, rule.redirect_port);
+                    redirect(sa, family, rule);
                 }
                 ALLOW
             }
@@ -199,6 +226,7 @@ fn on_recvmsg(sa: *mut bpf_sock_addr, family: u8) -> i32 {
         return ALLOW;
     };
     let (addr, port) = destination(sa, family);
+    let (seen_family, seen) = unmapped(family, &addr);
     for i in 0..MAX_SOCK_RULES {
         if i >= target.sock_rules {
             break;
@@ -207,12 +235,18 @@ fn on_recvmsg(sa: *mut bpf_sock_addr, family: u8) -> i32 {
             break;
         };
         if rule.action == SOCK_DNS
-            && rule.redirect_family == family
-            && rule.redirect_addr == addr
+            && rule.redirect_family == seen_family
+            && rule.redirect_addr == seen
             && u16::from_be(rule.redirect_port) == port
-            && original.family == family
         {
-            set_destination(sa, family, &original.addr, original.port);
+            // A dual-stack socket's datagram to an IPv4-mapped resolver passes the IPv4 hooks
+            // on the way out: its original is IPv4, shown mapped again on the way in.
+            if original.family == family {
+                set_destination(sa, family, &original.addr, original.port);
+            } else if family == FAMILY_V6 && original.family == FAMILY_V4 {
+                let mapped = [0, 0, MAPPED, original.addr[0]];
+                set_destination(sa, family, &mapped, original.port);
+            }
             break;
         }
     }

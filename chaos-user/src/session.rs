@@ -441,7 +441,8 @@ fn dns_upstream(peers: crate::loader::DnsPeers) -> dns::Upstream {
             }
             IpAddr::V6(Ipv6Addr::from(bytes))
         };
-        Some(SocketAddr::new(ip, port))
+        // A dual-stack client that asked an IPv4 resolver: ask it over IPv4.
+        Some(SocketAddr::new(ip.to_canonical(), port))
     })
 }
 

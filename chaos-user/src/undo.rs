@@ -130,7 +130,9 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
                     n.to_string_lossy()
                         .starts_with(crate::cgroup::RUN_CGROUP_PREFIX)
                 })
-                && !path.components().any(|c| c == std::path::Component::ParentDir);
+                && !path
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir);
             if !ours {
                 return Ok(Outcome::Kept(format!(
                     "{} is not a cgroup that chaos-user makes; the undo log is damaged, so it is \

@@ -334,8 +334,13 @@ fn dns_reaches_a_target_in_another_network_namespace() {
 
 /// One query with the probe, in `cgroup`: its JSON line.
 fn query(cgroup: &TestCgroup, name: &str, mode: &str) -> serde_json::Value {
+    query_server(cgroup, RESOLVER, name, mode)
+}
+
+/// As [`query`], to `server`.
+fn query_server(cgroup: &TestCgroup, server: &str, name: &str, mode: &str) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chaos-probe"));
-    cmd.args(["dns-query", RESOLVER, name, mode]);
+    cmd.args(["dns-query", server, name, mode]);
     cgroup.put(&mut cmd);
     let (status, stdout, stderr) = run(&mut cmd);
     assert!(status.success(), "{stderr}");
@@ -374,6 +379,18 @@ fn dns_over_tcp_and_unconnected_udp_too() {
         assert_eq!(v["from"], RESOLVER, "{mode}: {v}");
     }
     assert_eq!(resolver.asked("other.test"), 3);
+    // A dual-stack socket asking the resolver by its IPv4-mapped address.
+    let mapped = "[::ffff:127.0.0.77]:53";
+    for name in ["spoof.test", "other.test"] {
+        let v = query_server(&target, mapped, name, "udp-unconnected");
+        let want = if name == "spoof.test" {
+            "198.51.100.9"
+        } else {
+            "192.0.2.7"
+        };
+        assert_eq!(v["addr"], want, "{v}");
+        assert_eq!(v["from"], mapped, "{v}");
+    }
     assert_eq!(resolver.asked("spoof.test"), 0);
     let (status, lines) = injector.interrupt();
     assert!(status.success(), "{lines:?}");

@@ -94,6 +94,12 @@ fn connect_fails_with_the_chosen_errno_inside_only() {
     assert_eq!(inside["errno"], libc::ECONNREFUSED, "{inside}");
     let other = probe_in(Some(&target), &["tcp-connect", "127.0.0.1:9"]);
     assert_eq!(other["errno"], libc::ENETUNREACH, "{other}");
+    // A dual-stack socket reaching the same port by the IPv4-mapped address.
+    let mapped = probe_in(
+        Some(&target),
+        &["tcp-connect", &format!("[::ffff:127.0.0.1]:{port}")],
+    );
+    assert_eq!(mapped["errno"], libc::ECONNREFUSED, "{mapped}");
     let outside = probe_in(None, &["tcp-connect", &addr]);
     assert_eq!(
         outside["ok"], true,
@@ -104,8 +110,8 @@ fn connect_fails_with_the_chosen_errno_inside_only() {
     println!("refused connect took {took:?}");
     let r = report(&json);
     let connects = &r["faults"][0]["connects"];
-    assert_eq!(connects["matched"], 1, "{r}");
-    assert_eq!(connects["injected"], 1, "{r}");
+    assert_eq!(connects["matched"], 2, "{r}");
+    assert_eq!(connects["injected"], 2, "{r}");
     assert_eq!(r["faults"][1]["connects"]["injected"], 1, "{r}");
     // After the session connect works again from the cgroup.
     let after = probe_in(Some(&target), &["tcp-connect", &addr]);
@@ -131,6 +137,15 @@ fn connect_redirect_lands_on_the_other_address() {
     assert!(
         other.accept().is_ok(),
         "the connection reached the redirect's listener"
+    );
+    let v = probe_in(
+        Some(&target),
+        &["tcp-connect", &format!("[::ffff:127.0.0.1]:{asked_port}")],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        other.accept().is_ok(),
+        "a dual-stack socket is redirected too"
     );
     let (status, _) = injector.interrupt();
     assert!(status.success());

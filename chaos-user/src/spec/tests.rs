@@ -145,8 +145,14 @@ fn bad_input_is_named() {
         ("loss:p=0.1,flows=0", "a share of flows above 0"),
         ("loss:P=0.5", "unknown key `P`"),
         ("delay:time=61s", "bad value `61s` for `time`"),
-        ("bandwidth:rate=1mbit,burst=64kb", "bad value `64kb` for `burst`"),
-        ("bandwidth:rate=1mbit,burst=100GiB", "bad value `100GiB` for `burst`"),
+        (
+            "bandwidth:rate=1mbit,burst=64kb",
+            "bad value `64kb` for `burst`",
+        ),
+        (
+            "bandwidth:rate=1mbit,burst=100GiB",
+            "bad value `100GiB` for `burst`",
+        ),
         ("reset:interval=1ms", "at least 100ms"),
         ("loss:p=0.1,flows=2", "bad value `2` for `flows`"),
         ("loss:model=gilbert", "`loss` needs `enter_bad`"),

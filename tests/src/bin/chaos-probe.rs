@@ -149,7 +149,13 @@ fn dns_query(server: &str, name: &str, mode: &str) {
     let timeout = Some(Duration::from_secs(2));
     let (reply, from) = match mode {
         "udp" | "udp-unconnected" => {
-            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            // An IPv6 server (an IPv4-mapped one too) is asked from a dual-stack socket.
+            let local = if server.is_ipv6() {
+                "[::]:0"
+            } else {
+                "127.0.0.1:0"
+            };
+            let socket = UdpSocket::bind(local).expect("bind");
             socket.set_read_timeout(timeout).expect("timeout");
             let mut buf = [0u8; 4096];
             let got = if mode == "udp" {
