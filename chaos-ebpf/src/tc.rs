@@ -74,6 +74,15 @@ pub fn chaos_egress(ctx: TcContext) -> i32 {
         {
             continue;
         }
+        // `corrupt` matches only packets with a payload to damage.
+        let place = if rule.action == ACTION_CORRUPT {
+            match payload(skb, &packet) {
+                Some(place) => Some(place),
+                None => continue,
+            }
+        } else {
+            None
+        };
         done |= bit;
         let live = now < rule.deadline_ns;
         let act = live && decide(rule, i, hash);
@@ -88,7 +97,11 @@ pub fn chaos_egress(ctx: TcContext) -> i32 {
         match rule.action {
             ACTION_LOSS => return lost(target),
             ACTION_DELAY => delay(skb, rule, now),
-            ACTION_CORRUPT => corrupt(skb, rule, &packet),
+            ACTION_CORRUPT => {
+                if let Some(place) = place {
+                    corrupt(skb, rule, &place);
+                }
+            }
             ACTION_DUPLICATE => duplicate(skb),
             _ => {}
         }
@@ -140,12 +153,22 @@ fn duplicate(skb: *mut __sk_buff) {
     }
 }
 
-/// Flips `corrupt_bytes` bytes of the transport payload at random places and fixes the
-/// transport checksum to match, so that the packet arrives and its data is wrong.
+/// Where a packet's transport payload lies, in offsets from the start of its data.
+struct Payload {
+    /// The first payload byte.
+    at: u32,
+    /// How many bytes it has.
+    len: u32,
+    /// The transport checksum, and the flags its update takes.
+    csum_at: u32,
+    csum_flags: u64,
+}
+
+/// The TCP or UDP payload of a packet, if it has one.
 #[inline(always)]
-fn corrupt(skb: *mut __sk_buff, rule: &PacketRule, packet: &Packet) {
+fn payload(skb: *mut __sk_buff, packet: &Packet) -> Option<Payload> {
     if !packet.has_ports {
-        return;
+        return None;
     }
     // Where the network header starts: after an Ethernet header, or at once on interfaces
     // without a link layer.
@@ -154,59 +177,109 @@ fn corrupt(skb: *mut __sk_buff, rule: &PacketRule, packet: &Packet) {
     } else if load_abs::<20>(skb, 0).is_some_and(|h| h == packet.head) {
         0
     } else {
-        return;
+        return None;
     };
     let l4 = net + packet.l4_offset;
-    let (header_len, csum_at, flags) = if packet.proto == PROTO_TCP {
-        let Some(b) = load_abs::<1>(skb, l4 + 12) else {
-            return;
-        };
+    let (header_len, csum_at, csum_flags) = if packet.proto == PROTO_TCP {
+        let b = load_abs::<1>(skb, l4 + 12)?;
         ((b[0] >> 4) as u32 * 4, l4 + 16, 0)
     } else {
         (8, l4 + 6, BPF_F_MARK_MANGLED_0 as u64)
     };
     // SAFETY: `skb` is this program's context.
-    let len = unsafe { (*skb).len };
-    let payload = l4 + header_len;
-    if len <= payload + 1 {
-        return;
+    let total = unsafe { (*skb).len };
+    let at = l4 + header_len;
+    if total <= at {
+        return None;
     }
-    let words = (len - payload) / 2;
+    Some(Payload {
+        at,
+        len: total - at,
+        csum_at,
+        csum_flags,
+    })
+}
+
+/// Flips `corrupt_bytes` consecutive payload bytes (all of them, if there are fewer) from a
+/// random place, and fixes the transport checksum to match: the packet arrives, and its data
+/// is wrong in exactly that many bytes.
+///
+/// Its own function in the object: verified once, not in every place of the rule walk.
+#[inline(never)]
+fn corrupt(skb: *mut __sk_buff, rule: &PacketRule, place: &Payload) {
+    let count = if (rule.corrupt_bytes as u32) < place.len {
+        rule.corrupt_bytes as u32
+    } else {
+        place.len
+    };
+    // SAFETY: a plain helper call without arguments.
+    let start = unsafe { bpf_get_prandom_u32() }
+        .checked_rem(place.len - count + 1)
+        .unwrap_or(0);
+    // The checksum adds 16-bit words counted from the transport header, whose length is even:
+    // a byte's word starts at the even offset below it. A last odd byte is the high half of a
+    // word padded with zero, done after the loop so that the loop has one path.
+    let mut last_odd_byte = false;
     for i in 0..MAX_CORRUPT_BYTES {
-        if i >= rule.corrupt_bytes as u32 {
+        if i >= count {
             break;
         }
-        // SAFETY: plain helper calls without arguments.
-        let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-        // Words counted from the transport header, where the checksum's words start.
-        let at = payload + r1.checked_rem(words).unwrap_or(0) * 2;
-        let Some(old) = load_abs::<2>(skb, at) else {
+        let offset = start + i;
+        let word_at = offset & !1;
+        if word_at + 1 >= place.len {
+            last_odd_byte = true;
+            break;
+        }
+        let Some(old) = load_abs::<2>(skb, place.at + word_at) else {
             return;
         };
-        let flip = ((r2 >> 8) as u8) | 1;
-        // Which byte of the word: chosen by arithmetic, not by index, which the verifier
-        // would see as pointer arithmetic with a bit operation.
-        let word = u16::from_ne_bytes(old) ^ ((flip as u16) << ((r2 & 1) * 8));
-        let new = word.to_ne_bytes();
-        // SAFETY: the helpers write two bytes inside the packet and adjust its checksum.
-        unsafe {
-            if bpf_skb_store_bytes(
-                skb,
-                at,
-                new.as_ptr() as *const _,
-                2,
-                BPF_F_RECOMPUTE_CSUM as u64,
-            ) != 0
-            {
-                return;
-            }
-            bpf_l4_csum_replace(
-                skb,
-                csum_at,
-                u16::from_ne_bytes(old) as u64,
-                u16::from_ne_bytes(new) as u64,
-                flags | 2,
-            );
+        if !flip_byte(skb, place, word_at, old, (offset - word_at) * 8, 2) {
+            return;
         }
     }
+    if last_odd_byte {
+        let word_at = place.len - 1;
+        if let Some(b) = load_abs::<1>(skb, place.at + word_at) {
+            flip_byte(skb, place, word_at, [b[0], 0], 0, 1);
+        }
+    }
+}
+
+/// Flips the byte at bit `shift` of the word `old` at `word_at` in the payload, writes `len`
+/// bytes of it back and updates the checksum. False when the packet could not be written.
+#[inline(always)]
+fn flip_byte(
+    skb: *mut __sk_buff,
+    place: &Payload,
+    word_at: u32,
+    old: [u8; 2],
+    shift: u32,
+    len: u32,
+) -> bool {
+    // SAFETY: a plain helper call without arguments.
+    let flip = (unsafe { bpf_get_prandom_u32() } as u8) | 1;
+    // Which byte of the word: chosen by arithmetic, not by index, which the verifier would see
+    // as pointer arithmetic with a bit operation.
+    let new = (u16::from_le_bytes(old) ^ ((flip as u16) << (shift & 8))).to_le_bytes();
+    // SAFETY: the helpers write inside the packet and adjust its checksum.
+    unsafe {
+        if bpf_skb_store_bytes(
+            skb,
+            place.at + word_at,
+            new.as_ptr() as *const _,
+            len,
+            BPF_F_RECOMPUTE_CSUM as u64,
+        ) != 0
+        {
+            return false;
+        }
+        bpf_l4_csum_replace(
+            skb,
+            place.csum_at,
+            u16::from_ne_bytes(old) as u64,
+            u16::from_ne_bytes(new) as u64,
+            place.csum_flags | 2,
+        );
+    }
+    true
 }

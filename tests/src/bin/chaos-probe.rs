@@ -7,6 +7,7 @@
 //! - `tcp-connect ADDR`: one connect(); prints `{"ok":true}` or the errno it failed with.
 //! - `tcp-hold ADDR SECONDS`: connects, then reads until the connection ends or SECONDS pass;
 //!   prints how it ended (`{"errno":N}`, `{"eof":true}` or `{"timeout":true}`).
+//! - `udp-zeros ADDR COUNT SIZE`: COUNT datagrams of SIZE zero bytes.
 //! - `udp-flows ADDR FLOWS COUNT`: COUNT datagrams from each of FLOWS sockets, round robin.
 //! - `dns-query SERVER NAME MODE`: one A query to SERVER (ADDR:PORT) over `udp` (a connected
 //!   socket), `udp-unconnected` (sendto/recvfrom) or `tcp`; prints the rcode, the first address
@@ -45,6 +46,16 @@ fn main() {
             Err(e) => println!("{{\"errno\":{}}}", e.raw_os_error().unwrap_or(-1)),
         },
         "tcp-hold" => tcp_hold(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
+        "udp-zeros" => {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let size: usize = arg(3).parse().unwrap_or_else(|_| usage());
+            let count: u32 = arg(2).parse().unwrap_or_else(|_| usage());
+            for _ in 0..count {
+                socket.send_to(&vec![0u8; size], arg(1)).expect("send");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            println!("{{\"sent\":{count}}}");
+        }
         "udp-flows" => udp_flows(
             arg(1),
             arg(2).parse().unwrap_or_else(|_| usage()),
@@ -59,7 +70,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
-         | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
+         | udp-zeros ADDR COUNT SIZE | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | dns-query SERVER NAME udp|udp-unconnected|tcp \
          | demo TCP_ADDR PINGS BYTES"
     );
