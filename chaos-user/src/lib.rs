@@ -9,6 +9,7 @@ pub mod dns;
 pub mod error;
 pub mod loader;
 pub mod netns;
+pub mod pacing;
 pub mod plan;
 pub mod report;
 pub mod session;

@@ -250,6 +250,15 @@ impl Plan {
         self.needs.cg_egress = true;
     }
 
+    /// The pacing caps `bandwidth` puts on TCP connections, as the sockets report them.
+    pub fn pacing_rates(&self) -> Vec<u64> {
+        self.packet
+            .iter()
+            .filter(|r| r.action == ACTION_BANDWIDTH)
+            .map(|r| r.rate_bytes.min(u64::from(u32::MAX - 1)))
+            .collect()
+    }
+
     /// Loads and verifies the programs the plan needs, attaching nothing (`--dry-run`).
     pub fn load(&self) -> Result<Programs, LoadError> {
         Programs::load(&self.needs)

@@ -150,6 +150,13 @@ impl Session {
                 .target
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("these faults need --cgroup"))?;
+            if self.plan.needs.sock_ops {
+                // The caps stay on the sockets: how to find them goes into the log first.
+                undo.push(Entry::PacingCaps {
+                    cgroup: target.path.clone(),
+                    rates: self.plan.pacing_rates(),
+                })?;
+            }
             self.programs.attach_cgroup(target)?;
         }
         self.programs.attach_xdp()?;
@@ -171,7 +178,10 @@ impl Session {
         undo.undo_where(|e| {
             matches!(
                 e,
-                Entry::TcFilter { .. } | Entry::ClsactQdisc { .. } | Entry::FqQdisc { .. }
+                Entry::TcFilter { .. }
+                    | Entry::ClsactQdisc { .. }
+                    | Entry::FqQdisc { .. }
+                    | Entry::PacingCaps { .. }
             )
         })?;
         Ok(())

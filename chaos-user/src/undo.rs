@@ -42,6 +42,9 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<u64>,
     },
+    /// Pacing caps that `bandwidth` sets on the target's TCP connections, at these rates; they
+    /// stay on the sockets until lifted.
+    PacingCaps { cgroup: PathBuf, rates: Vec<u64> },
     /// An `fq` root qdisc that `delay` put in place of the interface's default one; removing
     /// it brings the default back.
     FqQdisc {
@@ -57,7 +60,7 @@ impl Entry {
     /// The network namespace the entry lives in, when not the injector's.
     fn netns(&self) -> Option<u64> {
         match self {
-            Entry::Cgroup { .. } => None,
+            Entry::Cgroup { .. } | Entry::PacingCaps { .. } => None,
             Entry::TcFilter { netns, .. }
             | Entry::ClsactQdisc { netns, .. }
             | Entry::FqQdisc { netns, .. } => *netns,
@@ -69,6 +72,9 @@ impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
+            Entry::PacingCaps { cgroup, .. } => {
+                write!(f, "TCP pacing caps in cgroup {}", cgroup.display())
+            }
             Entry::TcFilter {
                 interface,
                 priority,
@@ -154,6 +160,14 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
                 }));
             }
             crate::cgroup::remove(path)?;
+            Ok(Outcome::Undone)
+        }
+        Entry::PacingCaps { cgroup, rates } => {
+            if !cgroup.exists() {
+                return Ok(Outcome::AlreadyGone);
+            }
+            crate::pacing::lift_caps(cgroup, rates)
+                .with_context(|| format!("lift the pacing caps in {}", cgroup.display()))?;
             Ok(Outcome::Undone)
         }
         Entry::TcFilter {

@@ -834,3 +834,81 @@ fn reset_every_interval_aborts_new_connections_too() {
         .expect("count");
     assert_eq!(aborted, 2, "{r}");
 }
+
+/// What `ss` says of the pacing of the target's connection to `port`: the cap after a `/`.
+fn pacing_of_connection_to(port: u16) -> String {
+    let (_, stdout, _) = run(Command::new("ss").args([
+        "-tin",
+        "state",
+        "established",
+        "dst",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "pacing_rate")
+        .nth(1)
+        .unwrap_or("none")
+        .to_string()
+}
+
+#[test]
+fn bandwidth_caps_are_lifted_at_the_end_and_by_recover() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let (l, port) = listener();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().map_while(Result::ok) {
+            held.push(s);
+        }
+    });
+    let hold = |seconds: &str| {
+        let mut cmd = Command::new(probe());
+        cmd.args(["tcp-hold", &format!("127.0.0.1:{port}"), seconds])
+            .stdout(std::process::Stdio::null());
+        target.put(&mut cmd);
+        let child = cmd.spawn().expect("start a client");
+        std::thread::sleep(Duration::from_millis(300));
+        child
+    };
+    for kill in [false, true] {
+        let mut injector = Injector::start(&[
+            "inject",
+            "--cgroup",
+            &target.name,
+            "--fault",
+            "bandwidth:rate=8mbit",
+        ]);
+        let mut client = hold("20");
+        let capped = pacing_of_connection_to(port);
+        assert!(
+            capped.ends_with("/8000000bps"),
+            "capped while the fault is on: {capped}"
+        );
+        if kill {
+            injector.signal(libc::SIGKILL);
+            injector.wait();
+            let still = pacing_of_connection_to(port);
+            assert!(
+                still.contains('/'),
+                "a killed session leaves the cap: {still}"
+            );
+            let (status, stdout, stderr) = run(chaos_tests::chaos_user().arg("recover"));
+            assert!(status.success(), "{stdout} {stderr}");
+            assert!(stdout.contains("TCP pacing caps"), "{stdout}");
+        } else {
+            let (status, _) = injector.interrupt();
+            assert!(status.success());
+        }
+        let after = pacing_of_connection_to(port);
+        assert!(
+            !after.contains('/'),
+            "the cap is lifted (killed: {kill}): {after}"
+        );
+        let _killed = client.kill();
+        let _reaped = client.wait();
+    }
+}

@@ -45,6 +45,7 @@ const GUEST_TESTS: &[&str] = &[
     "dns_over_tcp_and_unconnected_udp_too",
     "an_interface_that_appears_mid_session_gets_the_fault_within_a_second",
     "bandwidth_caps_a_tcp_transfer_near_the_rate",
+    "bandwidth_caps_are_lifted_at_the_end_and_by_recover",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
