@@ -194,6 +194,43 @@ impl Cgroup {
 
     /// Whether this very cgroup still exists: not removed, and not replaced by another of the
     /// same name (as a service restart does).
+    /// The cgroups above this one (up to the root) and below it: id, relation, name.
+    pub fn related(&self) -> Vec<(u64, &'static str, String)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let mut out = Vec::new();
+        let (mut path, mut name) = (self.path.clone(), self.name.clone());
+        for _ in 0..self.level {
+            if !path.pop() {
+                break;
+            }
+            name = match name.rsplit_once('/') {
+                Some(("", _)) | None => "/".to_string(),
+                Some((parent, _)) => parent.to_string(),
+            };
+            if let Ok(meta) = std::fs::metadata(&path) {
+                out.push((meta.ino(), ", an ancestor of the target", name.clone()));
+            }
+        }
+        let mut dirs = vec![self.path.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if !meta.is_dir() {
+                    continue;
+                }
+                let below = entry.path();
+                let relative = below.strip_prefix(&self.path).unwrap_or(&below);
+                let name = format!("{}/{}", self.name.trim_end_matches('/'), relative.display());
+                out.push((meta.ino(), ", below the target", name));
+                dirs.push(below);
+            }
+        }
+        out
+    }
+
     /// The ids of this cgroup and every cgroup below it (at most `sockdiag::MAX_CGROUPS`).
     pub fn with_descendants(&self) -> Vec<u64> {
         let mut ids = vec![self.id];

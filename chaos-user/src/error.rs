@@ -51,6 +51,8 @@ pub fn classify(err: &anyhow::Error) -> (Class, Option<String>) {
                 Some(e)
             } else if let Some(e) = cause.downcast_ref::<crate::tc::FqMissing>() {
                 Some(e)
+            } else if let Some(e) = cause.downcast_ref::<crate::claim::Taken>() {
+                Some(e)
             } else {
                 None
             };

@@ -4,6 +4,7 @@
 //! the kernel programs, sessions, the undo log and reports.
 
 pub mod cgroup;
+pub mod claim;
 pub mod cli;
 pub mod dns;
 pub mod error;

@@ -12,6 +12,7 @@ use chaos_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 pub use crate::plan::{Carrier, Plan};
 use crate::{
     cgroup::Cgroup,
+    claim::{self, Claim},
     dns,
     loader::Programs,
     netns::Netns,
@@ -50,6 +51,8 @@ pub struct Session {
     resets: Vec<ResetState>,
     /// Other network namespaces the target's processes are in, with what runs there.
     namespaces: Vec<Namespace>,
+    /// What this session holds alone (`dns` of its target).
+    _claims: Vec<Claim>,
 }
 
 /// A network namespace of the target other than the injector's.
@@ -80,6 +83,12 @@ impl Session {
         let needs_fq = dry.fq;
         if needs_fq {
             tc::check_fq()?;
+        }
+        // Two responders cannot share the target's DNS: one session's redirect would hide the
+        // other's rules.
+        let mut claims = Vec::new();
+        if let (false, Some(t)) = (dry.dns.is_empty(), &target) {
+            claims.push(claim::claim("dns", t.id, &t.name, &t.related())?);
         }
         let mut programs = dry.load()?;
         let (plan, responder, upstream) = if dry.dns.is_empty() {
@@ -122,6 +131,7 @@ impl Session {
             upstream,
             resets,
             namespaces: Vec::new(),
+            _claims: claims,
         };
         session.renew_deadlines();
         session.programs.configure(

@@ -395,3 +395,57 @@ fn dns_over_tcp_and_unconnected_udp_too() {
     let (status, lines) = injector.interrupt();
     assert!(status.success(), "{lines:?}");
 }
+
+#[test]
+fn a_second_dns_session_on_the_same_target_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let child = target.child("child");
+    let first = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "dns:name=a.test,answer=nxdomain",
+    ]);
+    for cgroup in [&target.name, &child.name] {
+        let (status, _, stderr) = run(chaos_tests::chaos_user().args([
+            "inject",
+            "--cgroup",
+            cgroup,
+            "--fault",
+            "dns:name=b.test,answer=nxdomain",
+            "--duration",
+            "1s",
+        ]));
+        assert_eq!(status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains("already runs `dns`"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    // Other kinds compose with it.
+    let (status, _, stderr) = run(chaos_tests::chaos_user().args([
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "loss:p=0.1,dport=9",
+        "--duration",
+        "1s",
+    ]));
+    assert!(status.success(), "{stderr}");
+    let (status, _) = first.interrupt();
+    assert!(status.success());
+    // Once the first is gone, the target is free again.
+    let (status, _, stderr) = run(chaos_tests::chaos_user().args([
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "dns:name=b.test,answer=nxdomain",
+        "--duration",
+        "1s",
+    ]));
+    assert!(status.success(), "{stderr}");
+}
