@@ -159,6 +159,9 @@ pub enum LoadError {
         max: u32,
         given: usize,
     },
+    /// The interface already runs an XDP program.
+    #[error("interface {dev} already has an XDP program attached")]
+    XdpBusy { dev: String },
     /// The kernel is too old for a program the plan needs.
     #[error("{what} needs kernel {need} or later; this is {have}")]
     KernelTooOld {
@@ -190,6 +193,10 @@ impl Classify for LoadError {
             LoadError::Refused { .. } => {
                 Some("`chaos-user doctor` shows which programs this kernel loads".into())
             }
+            LoadError::XdpBusy { dev } => Some(format!(
+                "another session's xdp-drop, or a program of the system, holds it \
+                 (`ip link show dev {dev}` shows it): stop that first"
+            )),
             _ => None,
         }
     }
@@ -225,7 +232,8 @@ pub struct Programs {
     /// By network namespace (None: the injector's own).
     egress_interfaces: Vec<(Option<u64>, Interface)>,
     cgroup_attached: Vec<&'static str>,
-    xdp_attached: Option<String>,
+    /// The interface index and the link of `xdp-drop`.
+    xdp_attached: Option<(u32, aya::programs::xdp::XdpLinkId)>,
 }
 
 /// The responder's view of `DNS_PEERS`: where each redirected client meant to send its query.
@@ -455,20 +463,51 @@ impl Programs {
         Ok(())
     }
 
-    /// Attaches the XDP program to the interface `xdp-drop` names.
-    pub fn attach_xdp(&mut self) -> Result<(), LoadError> {
+    /// Attaches the XDP program to the interface `xdp-drop` names, and again whenever that
+    /// interface is made anew (a new index). Returns what changed, for the log.
+    pub fn attach_xdp(&mut self) -> Result<Option<String>, LoadError> {
         let Some(dev) = self.needs.xdp.clone() else {
-            return Ok(());
+            return Ok(None);
         };
+        let index = interfaces()
+            .into_iter()
+            .find(|i| i.name == dev)
+            .map(|i| i.index);
+        let attached = self.xdp_attached.as_ref().map(|(index, _)| *index);
+        if index == attached {
+            return Ok(None);
+        }
         let prog: &mut Xdp = program(&mut self.ebpf, "chaos_xdp")?;
-        prog.attach(&dev, XdpMode::default())
-            .map_err(|source| LoadError::Attach {
-                program: "chaos_xdp",
-                to: format!("interface {dev}"),
-                source,
+        if let Some((_, link)) = self.xdp_attached.take() {
+            // The old interface is gone, and its link with it; what is left to free is ours.
+            if let Err(e) = prog.detach(link) {
+                log::debug!("detach chaos_xdp from the old {dev}: {e}");
+            }
+        }
+        let Some(index) = index else {
+            return Ok(Some(format!(
+                "interface {dev} is gone; xdp-drop waits for it"
+            )));
+        };
+        let link = prog
+            .attach_to_if_index(index, XdpMode::default())
+            .map_err(|source| {
+                let busy = std::error::Error::source(&source)
+                    .and_then(|e| e.downcast_ref::<std::io::Error>())
+                    .is_some_and(|e| e.raw_os_error() == Some(libc::EBUSY));
+                if busy {
+                    LoadError::XdpBusy { dev: dev.clone() }
+                } else {
+                    LoadError::Attach {
+                        program: "chaos_xdp",
+                        to: format!("interface {dev}"),
+                        source,
+                    }
+                }
             })?;
-        self.xdp_attached = Some(dev);
-        Ok(())
+        let change = attached.map(|_| format!("xdp-drop attached to {dev} again (a new index)"));
+        self.xdp_attached = Some((index, link));
+        Ok(change)
     }
 
     /// Where the programs are attached, for the report.
@@ -492,7 +531,7 @@ impl Programs {
                 .map_or(*name, |(_, hook)| *hook);
             out.push(hook.to_string());
         }
-        if let Some(dev) = &self.xdp_attached {
+        if let (Some(dev), Some(_)) = (&self.needs.xdp, &self.xdp_attached) {
             out.push(format!("xdp {dev}"));
         }
         out

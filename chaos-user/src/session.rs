@@ -169,7 +169,9 @@ impl Session {
             }
             self.programs.attach_cgroup(target)?;
         }
-        self.programs.attach_xdp()?;
+        if let Some(change) = self.programs.attach_xdp()? {
+            anyhow::bail!("{change}");
+        }
         Ok(())
     }
 
@@ -226,6 +228,9 @@ impl Session {
         }
         let mut added = self.programs.attach_egress_everywhere(undo, None)?;
         added.extend(self.join_namespaces(undo)?);
+        if let Some(change) = self.programs.attach_xdp()? {
+            log::warn!("{change}");
+        }
         Ok(added)
     }
 

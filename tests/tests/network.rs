@@ -912,3 +912,61 @@ fn bandwidth_caps_are_lifted_at_the_end_and_by_recover() {
         let _reaped = client.wait();
     }
 }
+
+/// A veth pair: `host` here with 10.212.0.1/24, its peer in `ns` with 10.212.0.2/24.
+fn veth_pair(ns: &TestNetns, host: &str) {
+    for args in [
+        format!(
+            "link add {host} type veth peer name chaos-peer netns {}",
+            ns.name
+        ),
+        format!("addr add 10.212.0.1/24 dev {host}"),
+        format!("link set {host} up"),
+    ] {
+        let (status, _, stderr) = run(Command::new("ip").args(args.split(' ')));
+        assert!(status.success(), "ip {args}: {stderr}");
+    }
+    for args in [
+        "addr add 10.212.0.2/24 dev chaos-peer",
+        "link set chaos-peer up",
+    ] {
+        let (status, _, stderr) = run(ns.command(&["ip"]).args(args.split(' ')));
+        assert!(status.success(), "ip {args}: {stderr}");
+    }
+}
+
+#[test]
+fn xdp_drop_follows_its_interface_when_it_is_made_anew() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = TestNetns::new("xdp");
+    let host = format!("chaos-x{}", std::process::id() % 100_000);
+    veth_pair(&ns, &host);
+    let fault = format!("xdp-drop:dev={host},p=1,proto=udp");
+    let injector = Injector::start(&["inject", "--fault", &fault]);
+    let arrived = || -> usize {
+        let socket = std::net::UdpSocket::bind("10.212.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let to = socket.local_addr().expect("address").to_string();
+        let (status, _, stderr) = run(ns
+            .command(&[PROBE, "udp-send", &to, "50", "200"])
+            .stdout(std::process::Stdio::null()));
+        assert!(status.success(), "{stderr}");
+        let mut buf = [0u8; 64];
+        std::iter::from_fn(|| socket.recv(&mut buf).ok()).count()
+    };
+    assert_eq!(arrived(), 0, "dropped at XDP");
+    // The interface deleted and made again: a new index.
+    let (status, _, stderr) = run(Command::new("ip").args(["link", "del", &host]));
+    assert!(status.success(), "{stderr}");
+    veth_pair(&ns, &host);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(arrived(), 0, "dropped on the new interface too");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(arrived(), 50, "nothing left attached");
+    let _deleted = Command::new("ip").args(["link", "del", &host]).status();
+}

@@ -126,7 +126,16 @@ impl FaultArgs {
             .map(|d| parse_duration("--duration", d))
             .transpose()?;
         // Faults that parse alone but not together (too many, two interfaces for XDP).
-        crate::session::Plan::dry(&faults)?;
+        let plan = crate::session::Plan::dry(&faults)?;
+        if let Some(dev) = &plan.needs.xdp {
+            if !crate::loader::interfaces().iter().any(|i| &i.name == dev) {
+                return Err(UsageError {
+                    message: format!("xdp-drop: there is no interface `{dev}` here"),
+                    hint: Some("`ip link` lists the interfaces".into()),
+                }
+                .into());
+            }
+        }
         if let Some(path) = &self.json {
             check_writable(path)?;
         }
