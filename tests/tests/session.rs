@@ -466,3 +466,37 @@ fn two_sessions_stop_independently() {
         run(Command::new("tc").args(["qdisc", "del", "dev", "lo", "clsact"]));
     }
 }
+
+#[test]
+fn run_notices_its_cgroup_removed_and_passes_on_the_status() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cmd = chaos_user();
+    cmd.args(["run", "--fault", "loss:p=0.1,dport=9", "--", "sleep", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut injector = Injector::start_cmd(cmd, "injecting into");
+    std::thread::sleep(Duration::from_millis(300));
+    let mount = chaos_tests::cgroup2_mount();
+    let own = mount.join(chaos_tests::own_cgroup_name().trim_start_matches('/'));
+    let names = run_cgroups();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let theirs = own.join(&names[0]);
+    // Move the command out, into this test's own cgroup, and remove run's.
+    let pids = std::fs::read_to_string(theirs.join("cgroup.procs")).expect("procs");
+    for pid in pids.split_whitespace() {
+        std::fs::write(own.join("cgroup.procs"), pid).expect("move the command");
+    }
+    std::fs::remove_dir(&theirs).expect("remove run's cgroup");
+    let (status, lines) = injector.wait();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the command's own status: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("cgroup was removed")),
+        "{lines:?}"
+    );
+}

@@ -174,6 +174,16 @@ fn run_in(
             tokio::select! {
                 status = child.wait() => break status?,
                 _ = tick.tick() => {
+                    if session.as_ref().is_some_and(|s| s.target().is_some_and(|t| !t.exists())) {
+                        if let Some(s) = session.take() {
+                            stopped = Some(s.stop(undo)?);
+                            end_reason = EndReason::TargetGone;
+                            note!(
+                                "chaos-user: the command's cgroup was removed; faults removed, \
+                                 the command runs on"
+                            );
+                        }
+                    }
                     if let Some(s) = session.as_mut() {
                         s.tick(undo)?;
                     }
@@ -207,7 +217,7 @@ fn run_in(
         let record = match (session.take(), stopped) {
             (Some(s), _) => s.stop(undo)?,
             (None, Some(record)) => record,
-            (None, None) => unreachable!("a session is stopped only at the end of --duration"),
+            (None, None) => unreachable!("a stopped session leaves its record"),
         };
         let exit_status = status
             .code()
@@ -242,7 +252,8 @@ async fn wait_until_empty(
     let mut told = false;
     let mut poll = interval(Duration::from_millis(50));
     for round in 0u32.. {
-        if !target.populated()? {
+        // A cgroup someone removed holds nothing.
+        if !target.exists() || !target.populated()? {
             return Ok(false);
         }
         if round == 20 && !told {
