@@ -33,7 +33,7 @@ use crate::{
     spec::{FaultSpec, parse_duration, parse_fault},
 };
 
-/// Fault injection for one cgroup, with eBPF: this version makes packets vanish (`loss`).
+/// Fault injection for one cgroup, with eBPF: the network and its dependencies misbehaving.
 #[derive(Debug, Parser)]
 #[command(
     name = "chaos-user",
@@ -43,15 +43,28 @@ use crate::{
 )]
 #[command(after_help = "\
 Fault specs: KIND:key=value,key=value  (one --fault per fault)
-  loss   packets vanish silently, like on a lossy wire
-         p=FRACTION (0..1, required)  dir=egress|ingress|both (both)
-         proto=tcp|udp|icmp|any  src=/dst=ADDRESS[/PREFIX]  sport=/dport=PORT[-PORT]
+  loss       packets vanish silently, like on a lossy wire
+             p=FRACTION  dir=egress|ingress|both (both)
+             or model=gilbert enter_bad= leave_bad= [loss_bad=1] [loss_good=0] (bursts)
+  delay      egress packets leave late (needs the fq qdisc)   time=100ms [jitter=10ms]
+  bandwidth  egress capped by a token bucket   rate=1mbit|200kbps [burst=64KiB]
+  corrupt    payload bytes flipped, checksum fixed   p=FRACTION [bytes=1..64]
+  duplicate  egress packets sent twice   p=FRACTION
+  connect    connect() fails or goes elsewhere   errno=ECONNREFUSED|redirect=ADDR:PORT [p=1]
+             [proto=] [dst=] [dport=]
+  reset      established TCP connections aborted   [interval=2s] [src= dst= sport= dport=]
+  dns        answers replaced   answer=nxdomain|servfail|refused|timeout|ADDRESS [name=GLOB] [p=1]
+  xdp-drop   packets arriving on an interface dropped (no --cgroup)   dev=IFACE p=FRACTION
+  Packet filters: proto=tcp|udp|icmp|any  src=/dst=ADDRESS[/PREFIX]  sport=/dport=PORT[-PORT]
+  flows=FRACTION picks a stable share of flows instead of a share of packets.
 
 Exit status: 0 done, 2 bad input, 3 the environment refused (privileges, kernel, a vanished
-target). `run` passes on its command's status (128+N for signal N) and uses 125 for its own
-failures, 126 when the command cannot be executed, 127 when it is not found.
+target, a target another session holds). `run` passes on its command's status (128+N for signal
+N) and uses 125 in place of every status of its own (2 and 3 above), 126 when the command cannot
+be executed, 127 when it is not found.
 
-Set RUST_LOG=info (or debug) for more detail.")]
+The summary goes to stdout (stderr under `run` and with --json -). Set RUST_LOG=info (or debug)
+for more detail.")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,8 +76,9 @@ enum Command {
     #[command(after_help = "\
 Examples:
   sudo chaos-user inject --cgroup /system.slice/api.service --fault loss:p=0.2 --duration 30s
-  sudo chaos-user inject --cgroup mygroup --fault loss:p=1,proto=udp,dport=53 \\
-       --fault loss:p=0.05,dir=egress --json -")]
+  sudo chaos-user inject --cgroup mygroup --fault connect:errno=ECONNREFUSED,dport=5432 \\
+       --fault dns:name=*.example.com,answer=servfail --json -
+  sudo chaos-user inject --fault xdp-drop:dev=eth0,p=0.1,dport=8080 --duration 1m")]
     Inject(InjectArgs),
     /// Start a command in a fresh cgroup and inject faults into it until it exits.
     #[command(after_help = "\
@@ -76,7 +90,8 @@ Examples:
 The command keeps running when --duration ends first; only the faults are removed. Ctrl-C
 reaches the command; the summary goes to stderr.")]
     Run(RunArgs),
-    /// Undo what a killed session left behind (cgroups it created), and say what was done.
+    /// Undo what a killed session left behind (its cgroup, tc filters and qdiscs, fq qdiscs,
+    /// TCP pacing caps), and say what was done.
     #[command(after_help = "\
 Example:
   sudo chaos-user recover
