@@ -11,6 +11,7 @@ pub mod error;
 pub mod loader;
 pub mod netns;
 pub mod pacing;
+pub mod pause;
 pub mod plan;
 pub mod report;
 pub mod session;

@@ -28,6 +28,8 @@ pub enum Carrier {
     Dns(usize),
     /// Sockets destroyed from user space.
     Reset,
+    /// The cgroup frozen from user space.
+    Pause,
 }
 
 /// What a session's faults need from the kernel.
@@ -217,6 +219,15 @@ impl Plan {
                 return Ok(Carrier::Dns(self.dns.len() - 1));
             }
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
+            FaultSpec::Pause(_) => {
+                if self.carriers.contains(&Carrier::Pause) {
+                    return Err(spec::SpecError::Conflict(
+                        "one pause per session: two schedules would thaw each other's pauses"
+                            .into(),
+                    ));
+                }
+                return Ok(Carrier::Pause);
+            }
         }
         self.packet.push(rule);
         Ok(Carrier::Packet(self.packet.len() as u32 - 1))

@@ -181,6 +181,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         },
         FaultSpec::Reset(_) => "aborted",
         FaultSpec::Dns(_) => "faked",
+        FaultSpec::Pause(_) => "frozen",
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
     dns,
     loader::Programs,
     netns::Netns,
+    pause::Pause,
     report::{Counters, FaultReport},
     sockdiag,
     spec::{self, FaultSpec},
@@ -49,6 +50,7 @@ pub struct Session {
     /// How the responders find a redirected query's resolver; shared by every namespace's.
     upstream: Option<dns::Upstream>,
     resets: Vec<ResetState>,
+    pauses: Vec<Pause>,
     /// Other network namespaces the target's processes are in, with what runs there.
     namespaces: Vec<Namespace>,
     /// What this session holds alone (`dns` of its target).
@@ -120,6 +122,20 @@ impl Session {
                 _ => None,
             })
             .collect();
+        let pauses: Vec<Pause> = faults
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match f {
+                FaultSpec::Pause(p) => Some(Pause::new(i, p.clone(), std::time::Instant::now())),
+                _ => None,
+            })
+            .collect();
+        if let (false, Some(t)) = (pauses.is_empty(), &target) {
+            // A frozen cgroup stays frozen after a crash: the log knows it before the first.
+            undo.push(Entry::Frozen {
+                cgroup: t.path.clone(),
+            })?;
+        }
         let mut session = Session {
             programs,
             target,
@@ -130,6 +146,7 @@ impl Session {
             responder,
             upstream,
             resets,
+            pauses,
             namespaces: Vec::new(),
             _claims: claims,
         };
@@ -145,7 +162,7 @@ impl Session {
             return Err(e);
         }
         session.started = SystemTime::now();
-        session.reset_due()?;
+        session.due()?;
         Ok(session)
     }
 
@@ -194,6 +211,7 @@ impl Session {
                     | Entry::ClsactQdisc { .. }
                     | Entry::FqQdisc { .. }
                     | Entry::PacingCaps { .. }
+                    | Entry::Frozen { .. }
             )
         })?;
         Ok(())
@@ -222,7 +240,7 @@ impl Session {
         self.renew_deadlines();
         self.programs
             .write_rules(&self.plan.packet, &self.plan.sock)?;
-        self.reset_due()?;
+        self.due()?;
         if self.plan.fq {
             tc::install_fq_everywhere(undo, spec::MAX_DELAY, None)?;
         }
@@ -277,12 +295,17 @@ impl Session {
         Ok(added)
     }
 
-    /// Aborts the target's matching connections for every `reset` that is due.
-    pub fn reset_due(&mut self) -> anyhow::Result<()> {
+    /// Does what the user-space faults have due now: `reset` rounds, `pause` freezes and thaws.
+    pub fn due(&mut self) -> anyhow::Result<()> {
         let Some(target) = &self.target else {
             return Ok(());
         };
         let now = std::time::Instant::now();
+        for pause in &mut self.pauses {
+            pause
+                .step(&target.path, now)
+                .with_context(|| format!("freeze or thaw cgroup {}", target.name))?;
+        }
         for reset in &mut self.resets {
             let Some(next) = reset.next else {
                 continue;
@@ -306,9 +329,10 @@ impl Session {
         Ok(())
     }
 
-    /// How long until the next `reset` is due, if one is.
-    pub fn next_reset(&self) -> Option<std::time::Instant> {
-        self.resets.iter().filter_map(|r| r.next).min()
+    /// When the next user-space fault is due, if one is.
+    pub fn next_due(&self) -> Option<std::time::Instant> {
+        let resets = self.resets.iter().filter_map(|r| r.next);
+        resets.chain(self.pauses.iter().map(Pause::next)).min()
     }
 
     /// The target cgroup.
@@ -324,6 +348,9 @@ impl Session {
         }
         if !self.resets.is_empty() {
             out.push("socket destroy through sock_diag".to_string());
+        }
+        if !self.pauses.is_empty() {
+            out.push("cgroup freezer".to_string());
         }
         for n in &self.namespaces {
             if n.responder.is_some() {
@@ -378,6 +405,19 @@ impl Session {
                                 matched: c.matched,
                                 injected: c.injected,
                                 passed: c.passed,
+                                expired: 0,
+                            },
+                        );
+                    }
+                }
+                Carrier::Pause => {
+                    if let Some(p) = self.pauses.iter().find(|p| p.fault == i) {
+                        counters.insert(
+                            "pauses",
+                            Counters {
+                                matched: p.rounds,
+                                injected: p.rounds,
+                                passed: 0,
                                 expired: 0,
                             },
                         );

@@ -42,6 +42,8 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<u64>,
     },
+    /// A cgroup that `pause` freezes from time to time; thawed when undone.
+    Frozen { cgroup: PathBuf },
     /// Pacing caps that `bandwidth` sets on the target's TCP connections, at these rates; they
     /// stay on the sockets until lifted.
     PacingCaps { cgroup: PathBuf, rates: Vec<u64> },
@@ -60,7 +62,7 @@ impl Entry {
     /// The network namespace the entry lives in, when not the injector's.
     fn netns(&self) -> Option<u64> {
         match self {
-            Entry::Cgroup { .. } | Entry::PacingCaps { .. } => None,
+            Entry::Cgroup { .. } | Entry::PacingCaps { .. } | Entry::Frozen { .. } => None,
             Entry::TcFilter { netns, .. }
             | Entry::ClsactQdisc { netns, .. }
             | Entry::FqQdisc { netns, .. } => *netns,
@@ -72,6 +74,7 @@ impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
+            Entry::Frozen { cgroup } => write!(f, "frozen cgroup {}", cgroup.display()),
             Entry::PacingCaps { cgroup, .. } => {
                 write!(f, "TCP pacing caps in cgroup {}", cgroup.display())
             }
@@ -160,6 +163,27 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
                 }));
             }
             crate::cgroup::remove(path)?;
+            Ok(Outcome::Undone)
+        }
+        Entry::Frozen { cgroup } => {
+            let mount = crate::cgroup::mount_point()?;
+            let inside = cgroup.starts_with(&mount)
+                && cgroup != &mount
+                && !cgroup
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir);
+            if !inside {
+                return Ok(Outcome::Kept(format!(
+                    "{} is not a cgroup below the cgroup2 mount; the undo log is damaged, so it \
+                     is left alone",
+                    cgroup.display()
+                )));
+            }
+            if !cgroup.exists() {
+                return Ok(Outcome::AlreadyGone);
+            }
+            crate::pause::set_frozen(cgroup, false)
+                .with_context(|| format!("thaw {}", cgroup.display()))?;
             Ok(Outcome::Undone)
         }
         Entry::PacingCaps { cgroup, rates } => {

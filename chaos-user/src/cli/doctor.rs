@@ -180,6 +180,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             "xdp on one interface".into(),
             [loads("chaos_xdp")],
         ),
+        fault(
+            "pause",
+            "the cgroup v2 freezer (cgroup.freeze)".into(),
+            [freezer()],
+        ),
     ];
     let findings = Findings {
         schema_version: crate::report::SCHEMA_VERSION,
@@ -207,6 +212,17 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The cgroup v2 freezer: every cgroup but the root has `cgroup.freeze` from kernel 5.2.
+fn freezer() -> Result<(), String> {
+    cgroup::mount_point().map_err(|e| e.to_string())?;
+    match aya::util::KernelVersion::current() {
+        Ok(v) if v < aya::util::KernelVersion::new(5, 2, 0) => Err(format!(
+            "the cgroup v2 freezer needs kernel 5.2; this is {v}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A fault is available when everything it builds on is; the first refusal is the reason.

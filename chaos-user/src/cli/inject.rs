@@ -98,8 +98,8 @@ fn inject(
                         log::info!("attached to new interface {name}");
                     }
                 }
-                () = reset_due(session.next_reset()), if session.next_reset().is_some() => {
-                    session.reset_due()?;
+                () = wake_at(session.next_due()), if session.next_due().is_some() => {
+                    session.due()?;
                 }
                 () = sleep_until(end.unwrap_or_else(tokio::time::Instant::now)), if end.is_some() => {
                     return Ok(EndReason::Duration);
@@ -229,7 +229,7 @@ fn dry_run(args: &InjectArgs, target: Option<Cgroup>, faults: &[FaultSpec]) -> R
 }
 
 /// Sleeps until the next `reset` is due.
-pub(super) async fn reset_due(at: Option<Instant>) {
+pub(super) async fn wake_at(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,

@@ -55,6 +55,7 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   reset      established TCP connections aborted   [interval=2s] [src= dst= sport= dport=]
   dns        answers replaced   answer=nxdomain|servfail|refused|timeout|ADDRESS [name=GLOB] [p=1]
   xdp-drop   packets arriving on an interface dropped (no --cgroup)   dev=IFACE p=FRACTION
+  pause      the whole cgroup frozen   for=200ms interval=2s [random=true]
   Packet filters: proto=tcp|udp|icmp|any  src=/dst=ADDRESS[/PREFIX]  sport=/dport=PORT[-PORT]
   flows=FRACTION picks a stable share of flows instead of a share of packets.
 

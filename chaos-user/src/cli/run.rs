@@ -188,10 +188,10 @@ fn run_in(
                         s.tick(undo)?;
                     }
                 }
-                () = super::inject::reset_due(session.as_ref().and_then(|s| s.next_reset())),
-                    if session.as_ref().is_some_and(|s| s.next_reset().is_some()) => {
+                () = super::inject::wake_at(session.as_ref().and_then(|s| s.next_due())),
+                    if session.as_ref().is_some_and(|s| s.next_due().is_some()) => {
                     if let Some(s) = session.as_mut() {
-                        s.reset_due()?;
+                        s.due()?;
                     }
                 }
                 () = sleep_until(end.unwrap_or_else(tokio::time::Instant::now)),

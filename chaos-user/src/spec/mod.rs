@@ -32,6 +32,7 @@ pub const KINDS: &[&str] = &[
     "reset",
     "dns",
     "xdp-drop",
+    "pause",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -110,6 +111,7 @@ pub enum FaultSpec {
     Reset(ResetSpec),
     Dns(DnsSpec),
     XdpDrop(XdpDropSpec),
+    Pause(PauseSpec),
 }
 
 impl FaultSpec {
@@ -125,6 +127,7 @@ impl FaultSpec {
             FaultSpec::Reset(_) => "reset",
             FaultSpec::Dns(_) => "dns",
             FaultSpec::XdpDrop(_) => "xdp-drop",
+            FaultSpec::Pause(_) => "pause",
         }
     }
 
@@ -306,6 +309,17 @@ pub struct XdpDropSpec {
     #[serde(flatten)]
     pub filter: PacketFilter,
     pub flows: f64,
+}
+
+/// `pause`: the whole cgroup frozen for `for` every `interval` (at random moments with that
+/// mean when `random`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PauseSpec {
+    #[serde(rename = "for", serialize_with = "text::serialize_duration")]
+    pub length: Duration,
+    #[serde(serialize_with = "text::serialize_duration")]
+    pub interval: Duration,
+    pub random: bool,
 }
 
 /// A probability as the kernel's 32-bit draw threshold: an action happens when a uniform

@@ -38,6 +38,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "reset" => &["interval", "src", "dst", "sport", "dport", "flows"],
         "dns" => &["name", "answer", "p", "flows"],
         "xdp-drop" => &["dev", "p", "proto", "src", "dst", "sport", "dport", "flows"],
+        "pause" => &["for", "interval", "random"],
         _ => FILTER_KEYS,
     }
 }
@@ -131,6 +132,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
                 flows,
             })
         }
+        "pause" => FaultSpec::Pause(parse_pause(&mut keys)?),
         _ => return Err(SpecError::UnknownKind(kind.to_string())),
     };
     keys.finish()?;
@@ -295,6 +297,43 @@ fn parse_loss(keys: &mut Keys) -> Result<LossSpec, SpecError> {
         flows,
     })
 }
+
+fn parse_pause(keys: &mut Keys) -> Result<PauseSpec, SpecError> {
+    let example = "pause:for=200ms,interval=2s";
+    let Some(length) = keys.take("for") else {
+        return Err(missing(keys.kind, "for", example));
+    };
+    let length = parse_duration("for", length)?;
+    let Some(interval) = keys.take("interval") else {
+        return Err(missing(keys.kind, "interval", example));
+    };
+    let interval = parse_duration("interval", interval)?;
+    if length >= interval {
+        return Err(SpecError::Conflict(
+            "a pause's `for` must be shorter than its `interval`, or the cgroup never runs".into(),
+        ));
+    }
+    if length < MIN_PAUSE {
+        return Err(bad(
+            "for",
+            &humantime::format_duration(length).to_string(),
+            "at least 1ms",
+        ));
+    }
+    let random = match keys.take("random") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => return Err(bad("random", v, "expected true or false")),
+    };
+    Ok(PauseSpec {
+        length,
+        interval,
+        random,
+    })
+}
+
+/// The shortest pause: the freezer takes some time to settle.
+const MIN_PAUSE: Duration = Duration::from_millis(1);
 
 fn parse_delay(keys: &mut Keys) -> Result<DelaySpec, SpecError> {
     let Some(time) = keys.take("time") else {

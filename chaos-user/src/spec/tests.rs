@@ -53,6 +53,8 @@ fn canonical_text_round_trips() {
         "reset:interval=2s,dport=80",
         "dns:name=*.Example.com.,answer=198.51.100.1,p=0.5,flows=0.2",
         "xdp-drop:dev=lo,p=0.1,proto=udp",
+        "pause:for=200ms,interval=2s",
+        "pause:for=1s,interval=5s,random=true",
     ] {
         let spec = parse_fault(text).unwrap();
         assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
@@ -154,6 +156,13 @@ fn bad_input_is_named() {
             "bad value `100GiB` for `burst`",
         ),
         ("reset:interval=1ms", "at least 100ms"),
+        ("pause", "`pause` needs `for`"),
+        ("pause:for=1s", "`pause` needs `interval`"),
+        ("pause:for=2s,interval=1s", "shorter than its `interval`"),
+        (
+            "pause:for=1s,interval=2s,random=maybe",
+            "bad value `maybe` for `random`",
+        ),
         ("loss:p=0.1,flows=2", "bad value `2` for `flows`"),
         ("loss:model=gilbert", "`loss` needs `enter_bad`"),
         (

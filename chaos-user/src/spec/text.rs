@@ -130,6 +130,13 @@ impl fmt::Display for FaultSpec {
                 }
                 Ok(())
             }
+            FaultSpec::Pause(p) => {
+                write!(f, "pause:for={},interval={}", d(&p.length), d(&p.interval))?;
+                if p.random {
+                    f.write_str(",random=true")?;
+                }
+                Ok(())
+            }
             FaultSpec::XdpDrop(x) => {
                 write!(f, "xdp-drop:dev={},p={}", x.dev, x.p)?;
                 write_filter(f, &x.filter, x.flows)

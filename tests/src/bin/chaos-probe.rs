@@ -8,6 +8,7 @@
 //! - `tcp-hold ADDR SECONDS`: connects, then reads until the connection ends or SECONDS pass;
 //!   prints how it ended (`{"errno":N}`, `{"eof":true}` or `{"timeout":true}`).
 //! - `udp-zeros ADDR COUNT SIZE`: COUNT datagrams of SIZE zero bytes.
+//! - `sleep-loop COUNT MS`: COUNT sleeps of MS milliseconds; prints the seconds they took.
 //! - `udp-flows ADDR FLOWS COUNT`: COUNT datagrams from each of FLOWS sockets, round robin.
 //! - `dns-query SERVER NAME MODE`: one A query to SERVER (ADDR:PORT) over `udp` (a connected
 //!   socket), `udp-unconnected` (sendto/recvfrom) or `tcp`; prints the rcode, the first address
@@ -56,6 +57,15 @@ fn main() {
             }
             println!("{{\"sent\":{count}}}");
         }
+        "sleep-loop" => {
+            let count: u32 = arg(1).parse().unwrap_or_else(|_| usage());
+            let ms: u64 = arg(2).parse().unwrap_or_else(|_| usage());
+            let started = Instant::now();
+            for _ in 0..count {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            println!("{{\"seconds\":{:.3}}}", started.elapsed().as_secs_f64());
+        }
         "udp-flows" => udp_flows(
             arg(1),
             arg(2).parse().unwrap_or_else(|_| usage()),
@@ -70,7 +80,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
-         | udp-zeros ADDR COUNT SIZE | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
+         | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | dns-query SERVER NAME udp|udp-unconnected|tcp \
          | demo TCP_ADDR PINGS BYTES"
     );

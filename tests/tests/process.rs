@@ -1,0 +1,93 @@
+//! Process faults: their effect on real processes in a real cgroup.
+#![allow(clippy::print_stdout, reason = "tests print their measurements")]
+
+use std::{path::Path, process::Command, time::Duration};
+
+use chaos_tests::{Injector, TestCgroup, chaos_user, last_json, root_or_skip, run, undo_logs};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_chaos-probe");
+
+/// The seconds `chaos-probe sleep-loop 100 10` takes, here or under `chaos-user run`'s faults.
+fn sleep_loop(faults: &[&str], json: Option<&Path>) -> f64 {
+    let mut cmd = chaos_user();
+    if faults.is_empty() {
+        cmd = Command::new(PROBE);
+    } else {
+        cmd.arg("run");
+        for f in faults {
+            cmd.args(["--fault", f]);
+        }
+        if let Some(json) = json {
+            cmd.arg("--json").arg(json);
+        }
+        cmd.args(["--", PROBE]);
+    }
+    cmd.args(["sleep-loop", "100", "10"]);
+    let (status, stdout, stderr) = run(&mut cmd);
+    assert!(status.success(), "{stderr}");
+    last_json(&stdout)["seconds"].as_f64().expect("seconds")
+}
+
+#[test]
+fn pause_stretches_a_timed_loop_by_the_time_frozen() {
+    if !root_or_skip() {
+        return;
+    }
+    let baseline = sleep_loop(&[], None);
+    let json = std::env::temp_dir().join(format!("chaos-pause-{}.json", std::process::id()));
+    let paused = sleep_loop(&["pause:for=200ms,interval=500ms"], Some(&json));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    std::fs::remove_file(&json).expect("remove the report");
+    let rounds = r["faults"][0]["pauses"]["injected"]
+        .as_u64()
+        .expect("rounds");
+    let frozen = rounds as f64 * 0.2;
+    let stretch = paused - baseline;
+    println!(
+        "baseline {baseline:.3}s, paused {paused:.3}s: {stretch:.3}s longer; {rounds} pauses of \
+         200ms = {frozen:.3}s"
+    );
+    assert!(rounds >= 2, "{r}");
+    assert!(
+        (stretch - frozen).abs() <= 0.2,
+        "the loop took {stretch:.3}s longer, the pauses were {frozen:.3}s"
+    );
+}
+
+#[test]
+fn a_cgroup_frozen_when_chaos_user_is_killed_is_thawed_by_recover() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("30");
+    target.put(&mut sleeper);
+    let mut sleeper = sleeper.spawn().expect("start a process in the target");
+    let mut injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "pause:for=5s,interval=5500ms",
+    ]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let events = || std::fs::read_to_string(target.path.join("cgroup.events")).expect("events");
+    assert!(events().contains("frozen 1"), "frozen by now: {}", events());
+    injector.signal(libc::SIGKILL);
+    injector.wait();
+    assert!(
+        events().contains("frozen 1"),
+        "a killed session leaves it frozen"
+    );
+    assert_eq!(undo_logs().len(), 1, "the undo log knows");
+    let (status, stdout, stderr) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "{stdout} {stderr}");
+    assert!(stdout.contains("frozen cgroup"), "{stdout}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(events().contains("frozen 0"), "thawed: {}", events());
+    assert!(undo_logs().is_empty());
+    let _killed = sleeper.kill();
+    let _reaped = sleeper.wait();
+}
