@@ -11,6 +11,10 @@
 pub const MAX_PACKET_RULES: u32 = 8;
 /// How many socket rules (`connect`, `dns`) one session can hold.
 pub const MAX_SOCK_RULES: u32 = 8;
+/// How many `device` rules one session can hold.
+pub const MAX_DEVICE_RULES: u32 = 8;
+/// `DeviceRule::minor` that matches every minor number.
+pub const DEVICE_ANY_MINOR: u32 = u32::MAX;
 
 /// What a packet rule does to a packet it matches (`PacketRule::action`).
 pub const ACTION_LOSS: u8 = 1;
@@ -87,6 +91,9 @@ pub struct Target {
     pub packet_rules: u32,
     /// Number of valid entries at the start of the `SOCK_RULES` map.
     pub sock_rules: u32,
+    /// Number of valid entries at the start of the `DEVICE_RULES` map.
+    pub device_rules: u32,
+    pub _pad: u32,
 }
 
 /// An address filter: matches when `(address & mask) == addr` word by word, in the byte order
@@ -205,6 +212,26 @@ pub struct SockRule {
     pub _pad: [u8; 7],
 }
 
+/// One `device` rule: access to matching device nodes fails with `errno`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceRule {
+    /// As `PacketRule::deadline_ns`.
+    pub deadline_ns: u64,
+    /// As `PacketRule::threshold`.
+    pub threshold: u64,
+    pub major: u32,
+    /// `DEVICE_ANY_MINOR` for every minor number.
+    pub minor: u32,
+    /// The error number the access fails with (positive).
+    pub errno: u32,
+    /// `BPF_DEVCG_DEV_BLOCK` (1) or `BPF_DEVCG_DEV_CHAR` (2); 0 for both.
+    pub kind: u8,
+    /// `BPF_DEVCG_ACC_*` bits (mknod 1, read 2, write 4); 0 for every access.
+    pub access: u8,
+    pub _pad: [u8; 2],
+}
+
 /// Where a socket redirected to the DNS responder meant to go: keyed by socket cookie in
 /// `DNS_ORIGINAL`, and by the client's port in `DNS_PEERS` for the responder to read.
 #[repr(C)]
@@ -262,7 +289,8 @@ pub struct RuleCounters {
     pub expired: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Target>() == 24);
+const _: () = assert!(core::mem::size_of::<Target>() == 32);
+const _: () = assert!(core::mem::size_of::<DeviceRule>() == 32);
 const _: () = assert!(core::mem::size_of::<AddrMatch>() == 36);
 const _: () = assert!(core::mem::size_of::<PacketFilter>() == 88);
 const _: () = assert!(core::mem::size_of::<PacketRule>() == 184);
@@ -283,6 +311,8 @@ mod pod {
     unsafe impl aya::Pod for super::PacketRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DeviceRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginalDst {}
     // SAFETY: as above.

@@ -3,6 +3,7 @@
 #![no_main]
 
 mod cgroup_skb;
+mod device;
 mod maps;
 mod pacing;
 mod packet;

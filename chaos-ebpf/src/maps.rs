@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
 };
 use chaos_common::{
-    Bucket, FlowKey, MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PacketRule, PeerKey,
-    RuleCounters, SockRule, Target,
+    Bucket, DeviceRule, FlowKey, MAX_DEVICE_RULES, MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst,
+    PacketRule, PeerKey, RuleCounters, SockRule, Target,
 };
 
 /// The one target of this object and how many rules of each family are live.
@@ -36,6 +36,14 @@ pub static SOCK_RULES: Array<SockRule> = Array::with_max_entries(MAX_SOCK_RULES,
 #[map]
 pub static SOCK_COUNTERS: PerCpuArray<RuleCounters> =
     PerCpuArray::with_max_entries(MAX_SOCK_RULES, 0);
+
+#[map]
+pub static DEVICE_RULES: Array<DeviceRule> = Array::with_max_entries(MAX_DEVICE_RULES, 0);
+
+/// Per device rule.
+#[map]
+pub static DEVICE_COUNTERS: PerCpuArray<RuleCounters> =
+    PerCpuArray::with_max_entries(MAX_DEVICE_RULES, 0);
 
 /// Where each socket redirected to the DNS responder meant to go, by socket cookie.
 #[map]

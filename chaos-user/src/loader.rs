@@ -9,20 +9,21 @@ use aya::{
     Ebpf, EbpfError,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
-        SchedClassifier, SockOps, Xdp, XdpMode,
+        CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        ProgramError, SchedClassifier, SockOps, Xdp, XdpMode,
     },
     util::KernelVersion,
 };
 use chaos_common::{
-    COUNTER_EGRESS, COUNTER_INGRESS, MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PacketRule,
-    PeerKey, RuleCounters, SockRule, Target,
+    COUNTER_EGRESS, COUNTER_INGRESS, MAX_DEVICE_RULES, MAX_PACKET_RULES, MAX_SOCK_RULES,
+    OriginalDst, PeerKey, RuleCounters, Target,
 };
 
 use crate::{
     cgroup::Cgroup,
     error::{Class, Classify},
     netns::Netns,
+    plan::Plan,
     tc::{self, Mode},
     undo::UndoLog,
 };
@@ -46,6 +47,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("chaos_getpeer4", "cgroup getpeername4"),
     ("chaos_getpeer6", "cgroup getpeername6"),
     ("chaos_xdp", "xdp"),
+    ("chaos_device", "cgroup device"),
     ("probe_fentry", "fentry security_file_open"),
     ("probe_lsm", "lsm file_open"),
 ];
@@ -78,6 +80,8 @@ pub struct Needs {
     pub dns: bool,
     /// XDP on this interface (`xdp-drop`).
     pub xdp: Option<String>,
+    /// The cgroup device hook (`device`).
+    pub device: bool,
 }
 
 impl Needs {
@@ -105,12 +109,20 @@ impl Needs {
         if self.xdp.is_some() {
             names.push("chaos_xdp");
         }
+        if self.device {
+            names.push("chaos_device");
+        }
         names
     }
 
     /// Whether any program is attached to the target cgroup.
     pub fn cgroup(&self) -> bool {
-        self.cg_ingress || self.cg_egress || self.sock_ops || self.connect || self.dns
+        self.cg_ingress
+            || self.cg_egress
+            || self.sock_ops
+            || self.connect
+            || self.dns
+            || self.device
     }
 }
 
@@ -265,6 +277,7 @@ impl Programs {
                 aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(refused)?,
                 aya::programs::Program::Xdp(p) => p.load().map_err(refused)?,
                 aya::programs::Program::SockOps(p) => p.load().map_err(refused)?,
+                aya::programs::Program::CgroupDevice(p) => p.load().map_err(refused)?,
                 _ => return Err(LoadError::Missing(name)),
             }
         }
@@ -279,33 +292,25 @@ impl Programs {
     }
 
     /// Writes the rules and then the target record that makes them live.
-    pub fn configure(
-        &mut self,
-        target: Option<&Cgroup>,
-        packet: &[PacketRule],
-        sock: &[SockRule],
-    ) -> Result<(), LoadError> {
-        if packet.len() > MAX_PACKET_RULES as usize {
-            return Err(LoadError::TooManyRules {
-                family: "packet",
-                max: MAX_PACKET_RULES,
-                given: packet.len(),
-            });
+    pub fn configure(&mut self, target: Option<&Cgroup>, plan: &Plan) -> Result<(), LoadError> {
+        for (family, max, given) in [
+            ("packet", MAX_PACKET_RULES, plan.packet.len()),
+            ("connect and dns", MAX_SOCK_RULES, plan.sock.len()),
+            ("device", MAX_DEVICE_RULES, plan.device.len()),
+        ] {
+            if given > max as usize {
+                return Err(LoadError::TooManyRules { family, max, given });
+            }
         }
-        if sock.len() > MAX_SOCK_RULES as usize {
-            return Err(LoadError::TooManyRules {
-                family: "connect and dns",
-                max: MAX_SOCK_RULES,
-                given: sock.len(),
-            });
-        }
-        self.write_rules(packet, sock)?;
+        self.write_rules(plan)?;
         let record = Target {
             cgroup_id: target.map_or(0, |t| t.id),
             level: target.map_or(0, |t| t.level),
             egress_verdict: self.mode.verdict(),
-            packet_rules: packet.len() as u32,
-            sock_rules: sock.len() as u32,
+            packet_rules: plan.packet.len() as u32,
+            sock_rules: plan.sock.len() as u32,
+            device_rules: plan.device.len() as u32,
+            _pad: 0,
         };
         self.write("TARGET", &[record])
     }
@@ -317,19 +322,17 @@ impl Programs {
         let mut record = array.get(&0, 0).map_err(map_error("read", "TARGET"))?;
         record.packet_rules = 0;
         record.sock_rules = 0;
+        record.device_rules = 0;
         array
             .set(0, record, 0)
             .map_err(map_error("write", "TARGET"))
     }
 
     /// Rewrites the rule records (to renew their deadlines).
-    pub fn write_rules(
-        &mut self,
-        packet: &[PacketRule],
-        sock: &[SockRule],
-    ) -> Result<(), LoadError> {
-        self.write("PACKET_RULES", packet)?;
-        self.write("SOCK_RULES", sock)
+    pub fn write_rules(&mut self, plan: &Plan) -> Result<(), LoadError> {
+        self.write("PACKET_RULES", &plan.packet)?;
+        self.write("SOCK_RULES", &plan.sock)?;
+        self.write("DEVICE_RULES", &plan.device)
     }
 
     /// Writes `values` at the start of an array map.
@@ -427,6 +430,9 @@ impl Programs {
         if self.needs.sock_ops {
             names.push(("chaos_sock_ops", None));
         }
+        if self.needs.device {
+            names.push(("chaos_device", None));
+        }
         if self.needs.connect {
             names.extend(CONNECT_PROGRAMS.iter().map(|n| (*n, None)));
         }
@@ -445,6 +451,11 @@ impl Programs {
                 Some(kind) => {
                     let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
                     prog.attach(dir.as_fd(), kind, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                }
+                None if name == "chaos_device" => {
+                    let prog: &mut CgroupDevice = program(&mut self.ebpf, name)?;
+                    prog.attach(dir.as_fd(), CgroupAttachMode::Single)
                         .map_err(attach_err)?;
                 }
                 None if name == "chaos_sock_ops" => {
@@ -551,6 +562,11 @@ impl Programs {
         self.sum("SOCK_COUNTERS", rule)
     }
 
+    /// Counters of device rule `rule`, summed over CPUs.
+    pub fn device_counters(&self, rule: u32) -> Result<RuleCounters, LoadError> {
+        self.sum("DEVICE_COUNTERS", rule)
+    }
+
     fn sum(&self, name: &'static str, index: u32) -> Result<RuleCounters, LoadError> {
         let map = self.ebpf.map(name).ok_or(LoadError::Missing(name))?;
         let array: PerCpuArray<_, RuleCounters> =
@@ -644,6 +660,7 @@ pub fn probe(name: &'static str) -> Result<(), LoadError> {
         aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(refused),
         aya::programs::Program::Xdp(p) => p.load().map_err(refused),
         aya::programs::Program::SockOps(p) => p.load().map_err(refused),
+        aya::programs::Program::CgroupDevice(p) => p.load().map_err(refused),
         aya::programs::Program::FEntry(p) => p.load("security_file_open", &btf()?).map_err(refused),
         aya::programs::Program::Lsm(p) => p.load("file_open", &btf()?).map_err(refused),
         _ => Err(LoadError::Missing(name)),

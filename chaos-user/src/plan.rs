@@ -5,16 +5,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, AddrMatch,
-    DIR_EGRESS, DIR_INGRESS, DIR_XDP, FAMILY_V4, FAMILY_V6, MAX_PACKET_RULES, MAX_SOCK_RULES,
-    MODEL_GILBERT, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PacketRule,
-    PortRange, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT, SockRule,
+    DEVICE_ANY_MINOR, DIR_EGRESS, DIR_INGRESS, DIR_XDP, DeviceRule, FAMILY_V4, FAMILY_V6,
+    MAX_PACKET_RULES, MAX_SOCK_RULES, MODEL_GILBERT, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    PacketFilter, PacketRule, PortRange, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT, SockRule,
 };
 use ipnet::IpNet;
 
 use crate::{
     dns,
     loader::{LoadError, Needs, Programs},
-    spec::{self, ConnectOutcome, DnsAnswer, FaultSpec, LossModel, Ports, Proto},
+    spec::{self, ConnectOutcome, DeviceKind, DnsAnswer, FaultSpec, LossModel, Ports, Proto},
 };
 
 /// Where a fault lives in the kernel or in chaos-user.
@@ -30,6 +30,8 @@ pub enum Carrier {
     Reset,
     /// The cgroup frozen from user space.
     Pause,
+    /// A device rule, by index.
+    Device(u32),
 }
 
 /// What a session's faults need from the kernel.
@@ -37,6 +39,7 @@ pub enum Carrier {
 pub struct Plan {
     pub packet: Vec<PacketRule>,
     pub sock: Vec<SockRule>,
+    pub device: Vec<DeviceRule>,
     /// For each fault, in order, where it lives.
     pub carriers: Vec<Carrier>,
     pub needs: Needs,
@@ -55,6 +58,7 @@ impl Plan {
         let mut plan = Plan {
             packet: Vec::new(),
             sock: Vec::new(),
+            device: Vec::new(),
             carriers: Vec::new(),
             needs: Needs::default(),
             fq: false,
@@ -219,6 +223,29 @@ impl Plan {
                 return Ok(Carrier::Dns(self.dns.len() - 1));
             }
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
+            FaultSpec::Device(d) => {
+                self.device.push(DeviceRule {
+                    threshold: spec::threshold(d.p),
+                    major: d.major,
+                    minor: d.minor.unwrap_or(DEVICE_ANY_MINOR),
+                    errno: d.errno.number as u32,
+                    kind: match d.kind {
+                        DeviceKind::Any => 0,
+                        DeviceKind::Block => 1,
+                        DeviceKind::Char => 2,
+                    },
+                    access: d.access.chars().fold(0, |bits, c| {
+                        bits | match c {
+                            'm' => 1,
+                            'r' => 2,
+                            _ => 4,
+                        }
+                    }),
+                    ..DeviceRule::default()
+                });
+                self.needs.device = true;
+                return Ok(Carrier::Device(self.device.len() as u32 - 1));
+            }
             FaultSpec::Pause(_) => {
                 if self.carriers.contains(&Carrier::Pause) {
                     return Err(spec::SpecError::Conflict(

@@ -182,6 +182,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         FaultSpec::Reset(_) => "aborted",
         FaultSpec::Dns(_) => "faked",
         FaultSpec::Pause(_) => "frozen",
+        FaultSpec::Device(_) => "failed",
     }
 }
 

@@ -151,11 +151,9 @@ impl Session {
             _claims: claims,
         };
         session.renew_deadlines();
-        session.programs.configure(
-            session.target.as_ref(),
-            &session.plan.packet,
-            &session.plan.sock,
-        )?;
+        session
+            .programs
+            .configure(session.target.as_ref(), &session.plan)?;
         let attached = session.attach(undo);
         if let Err(e) = attached {
             session.detach(undo)?;
@@ -232,14 +230,16 @@ impl Session {
         for rule in &mut self.plan.sock {
             rule.deadline_ns = deadline;
         }
+        for rule in &mut self.plan.device {
+            rule.deadline_ns = deadline;
+        }
     }
 
     /// Renews the lease, runs the `reset` faults that are due, and attaches to interfaces
     /// that appeared since the last tick.
     pub fn tick(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
         self.renew_deadlines();
-        self.programs
-            .write_rules(&self.plan.packet, &self.plan.sock)?;
+        self.programs.write_rules(&self.plan)?;
         self.due()?;
         if self.plan.fq {
             tc::install_fq_everywhere(undo, spec::MAX_DELAY, None)?;
@@ -409,6 +409,10 @@ impl Session {
                             },
                         );
                     }
+                }
+                Carrier::Device(rule) => {
+                    let c = self.programs.device_counters(rule)?;
+                    counters.insert("opens", Counters::from(c));
                 }
                 Carrier::Pause => {
                     if let Some(p) = self.pauses.iter().find(|p| p.fault == i) {

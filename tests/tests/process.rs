@@ -91,3 +91,48 @@ fn a_cgroup_frozen_when_chaos_user_is_killed_is_thawed_by_recover() {
     let _killed = sleeper.kill();
     let _reaped = sleeper.wait();
 }
+
+/// `chaos-probe open PATH` in `cgroup` or here: its JSON line.
+fn open_in(cgroup: Option<&TestCgroup>, path: &str) -> serde_json::Value {
+    let mut cmd = Command::new(PROBE);
+    cmd.args(["open", path]);
+    if let Some(cg) = cgroup {
+        cg.put(&mut cmd);
+    }
+    let (status, stdout, stderr) = run(&mut cmd);
+    assert!(status.success(), "{stderr}");
+    last_json(&stdout)
+}
+
+#[test]
+fn device_opens_fail_with_the_chosen_errno_inside_only() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let json = std::env::temp_dir().join(format!("chaos-device-{}.json", std::process::id()));
+    // /dev/zero is character device 1:5; /dev/null, 1:3, stays usable.
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "device:major=1,minor=5,errno=EIO",
+        "--json",
+        json.to_str().expect("a UTF-8 path"),
+    ]);
+    assert_eq!(open_in(Some(&target), "/dev/zero")["errno"], libc::EIO);
+    assert_eq!(open_in(Some(&target), "/dev/null")["ok"], true);
+    assert_eq!(open_in(None, "/dev/zero")["ok"], true, "outside the cgroup");
+    let (status, _) = injector.interrupt();
+    assert!(status.success());
+    assert_eq!(
+        open_in(Some(&target), "/dev/zero")["ok"],
+        true,
+        "after the session"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    std::fs::remove_file(&json).expect("remove the report");
+    assert_eq!(r["faults"][0]["opens"]["injected"], 1, "{r}");
+}

@@ -181,6 +181,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [loads("chaos_xdp")],
         ),
         fault(
+            "device",
+            "cgroup device hook with bpf_set_retval".into(),
+            [loads("chaos_device")],
+        ),
+        fault(
             "pause",
             "the cgroup v2 freezer (cgroup.freeze)".into(),
             [freezer()],

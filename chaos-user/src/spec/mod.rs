@@ -33,6 +33,7 @@ pub const KINDS: &[&str] = &[
     "dns",
     "xdp-drop",
     "pause",
+    "device",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -112,6 +113,7 @@ pub enum FaultSpec {
     Dns(DnsSpec),
     XdpDrop(XdpDropSpec),
     Pause(PauseSpec),
+    Device(DeviceSpec),
 }
 
 impl FaultSpec {
@@ -128,6 +130,7 @@ impl FaultSpec {
             FaultSpec::Dns(_) => "dns",
             FaultSpec::XdpDrop(_) => "xdp-drop",
             FaultSpec::Pause(_) => "pause",
+            FaultSpec::Device(_) => "device",
         }
     }
 
@@ -320,6 +323,31 @@ pub struct PauseSpec {
     #[serde(serialize_with = "text::serialize_duration")]
     pub interval: Duration,
     pub random: bool,
+}
+
+/// `device`: opening (or creating) matching device nodes fails with `errno`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceSpec {
+    pub major: u32,
+    /// None: every minor number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minor: Option<u32>,
+    /// `char`, `block` or both.
+    #[serde(rename = "type")]
+    pub kind: DeviceKind,
+    /// Which accesses: any of read, write and mknod; empty for all.
+    pub access: String,
+    pub errno: Errno,
+    pub p: f64,
+}
+
+/// Character or block devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Any,
+    Char,
+    Block,
 }
 
 /// A probability as the kernel's 32-bit draw threshold: an action happens when a uniform

@@ -39,6 +39,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "dns" => &["name", "answer", "p", "flows"],
         "xdp-drop" => &["dev", "p", "proto", "src", "dst", "sport", "dport", "flows"],
         "pause" => &["for", "interval", "random"],
+        "device" => &["major", "minor", "type", "access", "errno", "p"],
         _ => FILTER_KEYS,
     }
 }
@@ -133,6 +134,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
             })
         }
         "pause" => FaultSpec::Pause(parse_pause(&mut keys)?),
+        "device" => FaultSpec::Device(parse_device(&mut keys)?),
         _ => return Err(SpecError::UnknownKind(kind.to_string())),
     };
     keys.finish()?;
@@ -295,6 +297,57 @@ fn parse_loss(keys: &mut Keys) -> Result<LossSpec, SpecError> {
         model,
         filter,
         flows,
+    })
+}
+
+fn parse_device(keys: &mut Keys) -> Result<DeviceSpec, SpecError> {
+    let number = |key: &str, v: &str| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|n| *n < (1 << 20))
+            .ok_or_else(|| {
+                bad(
+                    key,
+                    v,
+                    "expected a device number, such as 1 (ls -l /dev shows them)",
+                )
+            })
+    };
+    let Some(major) = keys.take("major") else {
+        return Err(missing(
+            keys.kind,
+            "major",
+            "device:major=1,minor=5,errno=EIO",
+        ));
+    };
+    let major = number("major", major)?;
+    let minor = keys.take("minor").map(|v| number("minor", v)).transpose()?;
+    let kind = match keys.take("type") {
+        None => DeviceKind::Any,
+        Some("char") => DeviceKind::Char,
+        Some("block") => DeviceKind::Block,
+        Some(v) => return Err(bad("type", v, "expected char or block")),
+    };
+    let access = keys.take("access").unwrap_or("");
+    if !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+        return Err(bad(
+            "access",
+            access,
+            "expected r, w and m (read, write, mknod), such as rw",
+        ));
+    }
+    let errno = match keys.take("errno") {
+        None => parse_errno("errno", "EPERM")?,
+        Some(v) => parse_errno("errno", v)?,
+    };
+    let p = keys.probability("p", "")?;
+    Ok(DeviceSpec {
+        major,
+        minor,
+        kind,
+        access: access.to_string(),
+        errno,
+        p,
     })
 }
 

@@ -54,6 +54,8 @@ fn canonical_text_round_trips() {
         "dns:name=*.Example.com.,answer=198.51.100.1,p=0.5,flows=0.2",
         "xdp-drop:dev=lo,p=0.1,proto=udp",
         "pause:for=200ms,interval=2s",
+        "device:major=1,minor=5,type=char,access=rw,errno=EIO,p=0.5",
+        "device:major=8",
         "pause:for=1s,interval=5s,random=true",
     ] {
         let spec = parse_fault(text).unwrap();
@@ -156,6 +158,14 @@ fn bad_input_is_named() {
             "bad value `100GiB` for `burst`",
         ),
         ("reset:interval=1ms", "at least 100ms"),
+        ("device", "`device` needs `major`"),
+        ("device:major=x", "bad value `x` for `major`"),
+        ("device:major=1,access=rx", "bad value `rx` for `access`"),
+        ("device:major=1,type=pipe", "bad value `pipe` for `type`"),
+        (
+            "device:major=1,errno=EWHAT",
+            "bad value `EWHAT` for `errno`",
+        ),
         ("pause", "`pause` needs `for`"),
         ("pause:for=1s", "`pause` needs `interval`"),
         ("pause:for=2s,interval=1s", "shorter than its `interval`"),

@@ -130,6 +130,21 @@ impl fmt::Display for FaultSpec {
                 }
                 Ok(())
             }
+            FaultSpec::Device(dev) => {
+                write!(f, "device:major={}", dev.major)?;
+                if let Some(minor) = dev.minor {
+                    write!(f, ",minor={minor}")?;
+                }
+                match dev.kind {
+                    DeviceKind::Any => {}
+                    DeviceKind::Char => f.write_str(",type=char")?,
+                    DeviceKind::Block => f.write_str(",type=block")?,
+                }
+                if !dev.access.is_empty() {
+                    write!(f, ",access={}", dev.access)?;
+                }
+                write!(f, ",errno={},p={}", dev.errno.name, dev.p)
+            }
             FaultSpec::Pause(p) => {
                 write!(f, "pause:for={},interval={}", d(&p.length), d(&p.interval))?;
                 if p.random {

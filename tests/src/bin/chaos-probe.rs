@@ -8,6 +8,7 @@
 //! - `tcp-hold ADDR SECONDS`: connects, then reads until the connection ends or SECONDS pass;
 //!   prints how it ended (`{"errno":N}`, `{"eof":true}` or `{"timeout":true}`).
 //! - `udp-zeros ADDR COUNT SIZE`: COUNT datagrams of SIZE zero bytes.
+//! - `open PATH`: opens PATH for reading; prints `{"ok":true}` or the errno.
 //! - `sleep-loop COUNT MS`: COUNT sleeps of MS milliseconds; prints the seconds they took.
 //! - `udp-flows ADDR FLOWS COUNT`: COUNT datagrams from each of FLOWS sockets, round robin.
 //! - `dns-query SERVER NAME MODE`: one A query to SERVER (ADDR:PORT) over `udp` (a connected
@@ -57,6 +58,10 @@ fn main() {
             }
             println!("{{\"sent\":{count}}}");
         }
+        "open" => match std::fs::File::open(arg(1)) {
+            Ok(_) => println!("{{\"ok\":true}}"),
+            Err(e) => println!("{{\"errno\":{}}}", e.raw_os_error().unwrap_or(-1)),
+        },
         "sleep-loop" => {
             let count: u32 = arg(1).parse().unwrap_or_else(|_| usage());
             let ms: u64 = arg(2).parse().unwrap_or_else(|_| usage());
@@ -80,7 +85,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
-         | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
+         | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | open PATH | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | dns-query SERVER NAME udp|udp-unconnected|tcp \
          | demo TCP_ADDR PINGS BYTES"
     );
