@@ -381,7 +381,8 @@ fn corrupt_flips_payload_bytes_and_the_datagram_still_arrives() {
         return;
     }
     let target = TestCgroup::new("target");
-    let (socket, addr, port) = udp_receiver(QUIET);
+    // Three probe runs: under emulation each start can take longer than a quiet spell.
+    let (socket, addr, port) = udp_receiver(Duration::from_secs(3));
     let json = json_path("corrupt");
     let fault = format!("corrupt:p=1,bytes=3,proto=udp,dport={port}");
     let injector = inject_reporting(&target, &fault, &json);
