@@ -46,6 +46,9 @@ const GUEST_TESTS: &[&str] = &[
     "an_interface_that_appears_mid_session_gets_the_fault_within_a_second",
     "bandwidth_caps_a_tcp_transfer_near_the_rate",
     "bandwidth_caps_are_lifted_at_the_end_and_by_recover",
+    "pause_stretches_a_timed_loop_by_the_time_frozen",
+    "a_cgroup_frozen_when_chaos_user_is_killed_is_thawed_by_recover",
+    "device_opens_fail_with_the_chosen_errno_inside_only",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
