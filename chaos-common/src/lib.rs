@@ -38,6 +38,8 @@ pub const SOCK_ERRNO: u8 = 1;
 pub const SOCK_REDIRECT: u8 = 2;
 /// DNS traffic goes to chaos-user's responder at `redirect`, which answers or forwards.
 pub const SOCK_DNS: u8 = 3;
+/// socket() fails with `errno` (`fd-limit`); matched at socket creation, not at connect().
+pub const SOCK_CREATE: u8 = 4;
 
 /// Rule direction bits.
 pub const DIR_EGRESS: u8 = 1;

@@ -8,12 +8,12 @@
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
 use chaos_common::{
-    FAMILY_V4, FAMILY_V6, MAX_SOCK_RULES, OriginalDst, PROTO_TCP, PROTO_UDP, SOCK_DNS, SOCK_ERRNO,
-    SOCK_REDIRECT, SockRule,
+    FAMILY_V4, FAMILY_V6, MAX_SOCK_RULES, OriginalDst, PROTO_TCP, PROTO_UDP, SOCK_CREATE, SOCK_DNS,
+    SOCK_ERRNO, SOCK_REDIRECT, SockRule,
 };
 
 use crate::{
@@ -27,6 +27,38 @@ const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
+
+/// `fd-limit`: socket() of the target fails with EMFILE, as when its descriptors run out.
+///
+/// Minimum kernel: 4.10 for sock_create; `bpf_set_retval` 5.18.
+#[cgroup_sock(sock_create)]
+pub fn chaos_sock_create(_ctx: SockContext) -> i32 {
+    let Some(target) = TARGET.get(0) else {
+        return ALLOW;
+    };
+    let now = now();
+    for i in 0..MAX_SOCK_RULES {
+        if i >= target.sock_rules {
+            break;
+        }
+        let Some(rule) = SOCK_RULES.get(i) else {
+            break;
+        };
+        if rule.action != SOCK_CREATE {
+            continue;
+        }
+        let live = now < rule.deadline_ns;
+        let act = live && draw(rule.threshold);
+        count(SOCK_COUNTERS.get_ptr_mut(i), live, act);
+        if act {
+            // SAFETY: a plain helper call; the hook then refuses with this error.
+            unsafe { bpf_set_retval(-(rule.errno as i32)) };
+            return REFUSE;
+        }
+        return ALLOW;
+    }
+    ALLOW
+}
 
 #[cgroup_sock_addr(connect4)]
 pub fn chaos_connect4(ctx: SockAddrContext) -> i32 {
@@ -162,7 +194,8 @@ fn on_connect(sa: *mut bpf_sock_addr, family: u8, connect: bool) -> i32 {
         let Some(rule) = SOCK_RULES.get(i) else {
             break;
         };
-        if !rule_matches(rule, seen_family, proto, &seen, port)
+        if rule.action == SOCK_CREATE
+            || !rule_matches(rule, seen_family, proto, &seen, port)
             || (!connect && rule.action != SOCK_DNS)
         {
             continue;

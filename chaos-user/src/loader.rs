@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfError,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
         ProgramError, SchedClassifier, SockOps, Xdp, XdpMode,
     },
     util::KernelVersion,
@@ -48,6 +48,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("chaos_getpeer6", "cgroup getpeername6"),
     ("chaos_xdp", "xdp"),
     ("chaos_device", "cgroup device"),
+    ("chaos_sock_create", "cgroup sock_create"),
     ("probe_fentry", "fentry security_file_open"),
     ("probe_lsm", "lsm file_open"),
 ];
@@ -82,6 +83,8 @@ pub struct Needs {
     pub xdp: Option<String>,
     /// The cgroup device hook (`device`).
     pub device: bool,
+    /// The socket-creation hook (`fd-limit`).
+    pub sock_create: bool,
 }
 
 impl Needs {
@@ -112,6 +115,9 @@ impl Needs {
         if self.device {
             names.push("chaos_device");
         }
+        if self.sock_create {
+            names.push("chaos_sock_create");
+        }
         names
     }
 
@@ -123,6 +129,7 @@ impl Needs {
             || self.connect
             || self.dns
             || self.device
+            || self.sock_create
     }
 }
 
@@ -278,6 +285,7 @@ impl Programs {
                 aya::programs::Program::Xdp(p) => p.load().map_err(refused)?,
                 aya::programs::Program::SockOps(p) => p.load().map_err(refused)?,
                 aya::programs::Program::CgroupDevice(p) => p.load().map_err(refused)?,
+                aya::programs::Program::CgroupSock(p) => p.load().map_err(refused)?,
                 _ => return Err(LoadError::Missing(name)),
             }
         }
@@ -433,6 +441,9 @@ impl Programs {
         if self.needs.device {
             names.push(("chaos_device", None));
         }
+        if self.needs.sock_create {
+            names.push(("chaos_sock_create", None));
+        }
         if self.needs.connect {
             names.extend(CONNECT_PROGRAMS.iter().map(|n| (*n, None)));
         }
@@ -451,6 +462,11 @@ impl Programs {
                 Some(kind) => {
                     let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
                     prog.attach(dir.as_fd(), kind, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                }
+                None if name == "chaos_sock_create" => {
+                    let prog: &mut CgroupSock = program(&mut self.ebpf, name)?;
+                    prog.attach(dir.as_fd(), CgroupAttachMode::Single)
                         .map_err(attach_err)?;
                 }
                 None if name == "chaos_device" => {
@@ -661,6 +677,7 @@ pub fn probe(name: &'static str) -> Result<(), LoadError> {
         aya::programs::Program::Xdp(p) => p.load().map_err(refused),
         aya::programs::Program::SockOps(p) => p.load().map_err(refused),
         aya::programs::Program::CgroupDevice(p) => p.load().map_err(refused),
+        aya::programs::Program::CgroupSock(p) => p.load().map_err(refused),
         aya::programs::Program::FEntry(p) => p.load("security_file_open", &btf()?).map_err(refused),
         aya::programs::Program::Lsm(p) => p.load("file_open", &btf()?).map_err(refused),
         _ => Err(LoadError::Missing(name)),

@@ -7,7 +7,8 @@ use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, AddrMatch,
     DEVICE_ANY_MINOR, DIR_EGRESS, DIR_INGRESS, DIR_XDP, DeviceRule, FAMILY_V4, FAMILY_V6,
     MAX_PACKET_RULES, MAX_SOCK_RULES, MODEL_GILBERT, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    PacketFilter, PacketRule, PortRange, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT, SockRule,
+    PacketFilter, PacketRule, PortRange, SOCK_CREATE, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT,
+    SockRule,
 };
 use ipnet::IpNet;
 
@@ -223,6 +224,16 @@ impl Plan {
                 return Ok(Carrier::Dns(self.dns.len() - 1));
             }
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
+            FaultSpec::FdLimit(l) => {
+                self.sock.push(SockRule {
+                    threshold: spec::threshold(l.p),
+                    action: SOCK_CREATE,
+                    errno: libc::EMFILE as u32,
+                    ..SockRule::default()
+                });
+                self.needs.sock_create = true;
+                return Ok(Carrier::Sock(self.sock.len() as u32 - 1));
+            }
             FaultSpec::Device(d) => {
                 self.device.push(DeviceRule {
                     threshold: spec::threshold(d.p),

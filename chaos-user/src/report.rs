@@ -182,7 +182,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         FaultSpec::Reset(_) => "aborted",
         FaultSpec::Dns(_) => "faked",
         FaultSpec::Pause(_) => "frozen",
-        FaultSpec::Device(_) => "failed",
+        FaultSpec::Device(_) | FaultSpec::FdLimit(_) => "failed",
     }
 }
 

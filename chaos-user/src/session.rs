@@ -395,7 +395,11 @@ impl Session {
                 }
                 Carrier::Sock(rule) => {
                     let c = self.programs.sock_counters(rule)?;
-                    counters.insert("connects", Counters::from(c));
+                    let place = match fault {
+                        FaultSpec::FdLimit(_) => "sockets",
+                        _ => "connects",
+                    };
+                    counters.insert(place, Counters::from(c));
                 }
                 Carrier::Dns(rule) => {
                     if let Some(c) = dns_counters.as_ref().and_then(|c| c.get(rule)) {

@@ -136,3 +136,34 @@ fn device_opens_fail_with_the_chosen_errno_inside_only() {
     std::fs::remove_file(&json).expect("remove the report");
     assert_eq!(r["faults"][0]["opens"]["injected"], 1, "{r}");
 }
+
+#[test]
+fn fd_limit_fails_socket_creation_with_emfile_inside_only() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", "fd-limit"]);
+    let connect = |cgroup: Option<&TestCgroup>| {
+        let mut cmd = Command::new(PROBE);
+        cmd.args(["tcp-connect", &addr]);
+        if let Some(cg) = cgroup {
+            cg.put(&mut cmd);
+        }
+        let (status, stdout, stderr) = run(&mut cmd);
+        assert!(status.success(), "{stderr}");
+        last_json(&stdout)
+    };
+    assert_eq!(connect(Some(&target))["errno"], libc::EMFILE);
+    assert_eq!(connect(None)["ok"], true, "outside the cgroup");
+    assert_eq!(
+        open_in(Some(&target), "/dev/null")["ok"],
+        true,
+        "sockets only"
+    );
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(connect(Some(&target))["ok"], true, "after the session");
+}

@@ -181,6 +181,13 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [loads("chaos_xdp")],
         ),
         fault(
+            "fd-limit",
+            "sockets only: cgroup sock_create with bpf_set_retval (files and pipes need the file \
+             allocation hook, not in this build)"
+                .into(),
+            [loads("chaos_sock_create")],
+        ),
+        fault(
             "device",
             "cgroup device hook with bpf_set_retval".into(),
             [loads("chaos_device")],

@@ -56,6 +56,7 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   dns        answers replaced   answer=nxdomain|servfail|refused|timeout|ADDRESS [name=GLOB] [p=1]
   xdp-drop   packets arriving on an interface dropped (no --cgroup)   dev=IFACE p=FRACTION
   pause      the whole cgroup frozen   for=200ms interval=2s [random=true]
+  fd-limit   socket() fails with EMFILE (sockets only in this build)   [p=1]
   device     device nodes fail to open   major=N [minor=N] [type=char|block] [access=rwm]
              [errno=EPERM] [p=1]
   Packet filters: proto=tcp|udp|icmp|any  src=/dst=ADDRESS[/PREFIX]  sport=/dport=PORT[-PORT]

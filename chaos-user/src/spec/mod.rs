@@ -34,6 +34,7 @@ pub const KINDS: &[&str] = &[
     "xdp-drop",
     "pause",
     "device",
+    "fd-limit",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -114,6 +115,7 @@ pub enum FaultSpec {
     XdpDrop(XdpDropSpec),
     Pause(PauseSpec),
     Device(DeviceSpec),
+    FdLimit(FdLimitSpec),
 }
 
 impl FaultSpec {
@@ -131,6 +133,7 @@ impl FaultSpec {
             FaultSpec::XdpDrop(_) => "xdp-drop",
             FaultSpec::Pause(_) => "pause",
             FaultSpec::Device(_) => "device",
+            FaultSpec::FdLimit(_) => "fd-limit",
         }
     }
 
@@ -323,6 +326,14 @@ pub struct PauseSpec {
     #[serde(serialize_with = "text::serialize_duration")]
     pub interval: Duration,
     pub random: bool,
+}
+
+/// `fd-limit`: the target runs out of descriptors. This build fails socket creation with
+/// EMFILE (the cgroup socket hook); files and pipes need the file allocation hook, which needs
+/// BPF trampolines.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FdLimitSpec {
+    pub p: f64,
 }
 
 /// `device`: opening (or creating) matching device nodes fails with `errno`.

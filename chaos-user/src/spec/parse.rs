@@ -40,6 +40,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "xdp-drop" => &["dev", "p", "proto", "src", "dst", "sport", "dport", "flows"],
         "pause" => &["for", "interval", "random"],
         "device" => &["major", "minor", "type", "access", "errno", "p"],
+        "fd-limit" => &["p"],
         _ => FILTER_KEYS,
     }
 }
@@ -135,6 +136,9 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         }
         "pause" => FaultSpec::Pause(parse_pause(&mut keys)?),
         "device" => FaultSpec::Device(parse_device(&mut keys)?),
+        "fd-limit" => FaultSpec::FdLimit(FdLimitSpec {
+            p: keys.probability("p", "")?,
+        }),
         _ => return Err(SpecError::UnknownKind(kind.to_string())),
     };
     keys.finish()?;

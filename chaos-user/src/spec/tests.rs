@@ -56,6 +56,8 @@ fn canonical_text_round_trips() {
         "pause:for=200ms,interval=2s",
         "device:major=1,minor=5,type=char,access=rw,errno=EIO,p=0.5",
         "device:major=8",
+        "fd-limit:p=1",
+        "fd-limit:p=0.25",
         "pause:for=1s,interval=5s,random=true",
     ] {
         let spec = parse_fault(text).unwrap();
@@ -159,6 +161,8 @@ fn bad_input_is_named() {
         ),
         ("reset:interval=1ms", "at least 100ms"),
         ("device", "`device` needs `major`"),
+        ("fd-limit:p=2", "bad value `2` for `p`"),
+        ("fd-limit:errno=EIO", "unknown key `errno`"),
         ("device:major=x", "bad value `x` for `major`"),
         ("device:major=1,access=rx", "bad value `rx` for `access`"),
         ("device:major=1,type=pipe", "bad value `pipe` for `type`"),

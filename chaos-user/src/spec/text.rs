@@ -130,6 +130,7 @@ impl fmt::Display for FaultSpec {
                 }
                 Ok(())
             }
+            FaultSpec::FdLimit(l) => write!(f, "fd-limit:p={}", l.p),
             FaultSpec::Device(dev) => {
                 write!(f, "device:major={}", dev.major)?;
                 if let Some(minor) = dev.minor {
