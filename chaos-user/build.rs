@@ -79,11 +79,13 @@ fn build_ebpf(root: &Path, recipe: &str) -> PathBuf {
     if let Some(toolchain) = get("RUSTUP_TOOLCHAIN") {
         cmd.env("RUSTUP_TOOLCHAIN", toolchain);
     }
-    // aya-ebpf uses one unstable feature; allow it for that crate alone.
-    cmd.env(
-        "RUSTC_BOOTSTRAP",
-        get("RUSTC_BOOTSTRAP").unwrap_or_else(|| "aya_ebpf".into()),
-    );
+    // aya-ebpf and the programs (`chaos`, for BPF's atomic fetch-add in inline assembly) each
+    // use one unstable feature; allow them for those two crates alone.
+    let mut bootstrap = get("RUSTC_BOOTSTRAP").unwrap_or_else(|| "aya_ebpf".into());
+    if !bootstrap.split(',').any(|c| c == "chaos" || c == "1") {
+        bootstrap.push_str(",chaos");
+    }
+    cmd.env("RUSTC_BOOTSTRAP", bootstrap);
     cmd.args([
         "build",
         "--release",

@@ -13,6 +13,14 @@ pub const MAX_PACKET_RULES: u32 = 8;
 pub const MAX_SOCK_RULES: u32 = 8;
 /// How many `device` rules one session can hold.
 pub const MAX_DEVICE_RULES: u32 = 8;
+/// How many `crash` rules one session can hold.
+pub const MAX_CRASH_RULES: u32 = 8;
+/// `CrashRule::mode`: the signal on the `count`-th matching call of each process, once.
+pub const CRASH_NTH: u8 = 1;
+/// `CrashRule::mode`: on every `count`-th matching call of each process.
+pub const CRASH_EVERY: u8 = 2;
+/// `CrashRule::mode`: on each matching call with the rule's probability.
+pub const CRASH_DRAW: u8 = 3;
 /// `DeviceRule::minor` that matches every minor number.
 pub const DEVICE_ANY_MINOR: u32 = u32::MAX;
 
@@ -95,7 +103,8 @@ pub struct Target {
     pub sock_rules: u32,
     /// Number of valid entries at the start of the `DEVICE_RULES` map.
     pub device_rules: u32,
-    pub _pad: u32,
+    /// Number of valid entries at the start of the `CRASH_RULES` map.
+    pub crash_rules: u32,
 }
 
 /// An address filter: matches when `(address & mask) == addr` word by word, in the byte order
@@ -234,6 +243,34 @@ pub struct DeviceRule {
     pub _pad: [u8; 2],
 }
 
+/// One `crash` rule: a signal to a process of the target on some of its calls of a syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrashRule {
+    /// As `PacketRule::deadline_ns`.
+    pub deadline_ns: u64,
+    /// `CRASH_DRAW`: as `PacketRule::threshold`.
+    pub threshold: u64,
+    /// `CRASH_NTH` and `CRASH_EVERY`: which call, counted per process from 1.
+    pub count: u64,
+    /// The syscall's number on this architecture.
+    pub syscall: u32,
+    /// The signal to send.
+    pub signal: u32,
+    /// One of the `CRASH_*` modes.
+    pub mode: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of the per-process call counts of `crash`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallKey {
+    pub rule: u32,
+    /// The process (thread group) id.
+    pub tgid: u32,
+}
+
 /// Where a socket redirected to the DNS responder meant to go: keyed by socket cookie in
 /// `DNS_ORIGINAL`, and by the client's port in `DNS_PEERS` for the responder to read.
 #[repr(C)]
@@ -293,6 +330,8 @@ pub struct RuleCounters {
 
 const _: () = assert!(core::mem::size_of::<Target>() == 32);
 const _: () = assert!(core::mem::size_of::<DeviceRule>() == 32);
+const _: () = assert!(core::mem::size_of::<CrashRule>() == 40);
+const _: () = assert!(core::mem::size_of::<CallKey>() == 8);
 const _: () = assert!(core::mem::size_of::<AddrMatch>() == 36);
 const _: () = assert!(core::mem::size_of::<PacketFilter>() == 88);
 const _: () = assert!(core::mem::size_of::<PacketRule>() == 184);
@@ -315,6 +354,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DeviceRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CrashRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginalDst {}
     // SAFETY: as above.

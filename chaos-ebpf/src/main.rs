@@ -1,8 +1,11 @@
 //! The kernel programs of chaos-user, one module per hook family.
 #![no_std]
 #![no_main]
+// BPF's atomic fetch-add has no counterpart in `core`: `crash` counts with inline assembly.
+#![feature(asm_experimental_arch)]
 
 mod cgroup_skb;
+mod crash;
 mod device;
 mod maps;
 mod pacing;

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
 };
 use chaos_common::{
-    Bucket, DeviceRule, FlowKey, MAX_DEVICE_RULES, MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst,
-    PacketRule, PeerKey, RuleCounters, SockRule, Target,
+    Bucket, CallKey, CrashRule, DeviceRule, FlowKey, MAX_CRASH_RULES, MAX_DEVICE_RULES,
+    MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PacketRule, PeerKey, RuleCounters, SockRule,
+    Target,
 };
 
 /// The one target of this object and how many rules of each family are live.
@@ -44,6 +45,19 @@ pub static DEVICE_RULES: Array<DeviceRule> = Array::with_max_entries(MAX_DEVICE_
 #[map]
 pub static DEVICE_COUNTERS: PerCpuArray<RuleCounters> =
     PerCpuArray::with_max_entries(MAX_DEVICE_RULES, 0);
+
+#[map]
+pub static CRASH_RULES: Array<CrashRule> = Array::with_max_entries(MAX_CRASH_RULES, 0);
+
+/// Per crash rule.
+#[map]
+pub static CRASH_COUNTERS: PerCpuArray<RuleCounters> =
+    PerCpuArray::with_max_entries(MAX_CRASH_RULES, 0);
+
+/// Matching calls so far, per rule and process, added to atomically: exact whatever CPUs the
+/// process's threads run on.
+#[map]
+pub static CALL_COUNTS: LruHashMap<CallKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// Where each socket redirected to the DNS responder meant to go, by socket cookie.
 #[map]

@@ -10,13 +10,13 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        ProgramError, SchedClassifier, SockOps, Xdp, XdpMode,
+        ProgramError, RawTracePoint, SchedClassifier, SockOps, Xdp, XdpMode,
     },
     util::KernelVersion,
 };
 use chaos_common::{
-    COUNTER_EGRESS, COUNTER_INGRESS, MAX_DEVICE_RULES, MAX_PACKET_RULES, MAX_SOCK_RULES,
-    OriginalDst, PeerKey, RuleCounters, Target,
+    COUNTER_EGRESS, COUNTER_INGRESS, MAX_CRASH_RULES, MAX_DEVICE_RULES, MAX_PACKET_RULES,
+    MAX_SOCK_RULES, OriginalDst, PeerKey, RuleCounters, Target,
 };
 
 use crate::{
@@ -49,6 +49,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("chaos_xdp", "xdp"),
     ("chaos_device", "cgroup device"),
     ("chaos_sock_create", "cgroup sock_create"),
+    ("chaos_sys_enter", "raw tracepoint sys_enter"),
     ("probe_fentry", "fentry security_file_open"),
     ("probe_lsm", "lsm file_open"),
 ];
@@ -85,6 +86,8 @@ pub struct Needs {
     pub device: bool,
     /// The socket-creation hook (`fd-limit`).
     pub sock_create: bool,
+    /// The syscall-entry tracepoint (`crash`).
+    pub sys_enter: bool,
 }
 
 impl Needs {
@@ -117,6 +120,9 @@ impl Needs {
         }
         if self.sock_create {
             names.push("chaos_sock_create");
+        }
+        if self.sys_enter {
+            names.push("chaos_sys_enter");
         }
         names
     }
@@ -253,6 +259,7 @@ pub struct Programs {
     cgroup_attached: Vec<&'static str>,
     /// The interface index and the link of `xdp-drop`.
     xdp_attached: Option<(u32, aya::programs::xdp::XdpLinkId)>,
+    tracepoint_attached: bool,
 }
 
 /// The responder's view of `DNS_PEERS`: where each redirected client meant to send its query.
@@ -286,6 +293,7 @@ impl Programs {
                 aya::programs::Program::SockOps(p) => p.load().map_err(refused)?,
                 aya::programs::Program::CgroupDevice(p) => p.load().map_err(refused)?,
                 aya::programs::Program::CgroupSock(p) => p.load().map_err(refused)?,
+                aya::programs::Program::RawTracePoint(p) => p.load().map_err(refused)?,
                 _ => return Err(LoadError::Missing(name)),
             }
         }
@@ -296,6 +304,7 @@ impl Programs {
             egress_interfaces: Vec::new(),
             cgroup_attached: Vec::new(),
             xdp_attached: None,
+            tracepoint_attached: false,
         })
     }
 
@@ -305,6 +314,7 @@ impl Programs {
             ("packet", MAX_PACKET_RULES, plan.packet.len()),
             ("connect and dns", MAX_SOCK_RULES, plan.sock.len()),
             ("device", MAX_DEVICE_RULES, plan.device.len()),
+            ("crash", MAX_CRASH_RULES, plan.crash.len()),
         ] {
             if given > max as usize {
                 return Err(LoadError::TooManyRules { family, max, given });
@@ -318,7 +328,7 @@ impl Programs {
             packet_rules: plan.packet.len() as u32,
             sock_rules: plan.sock.len() as u32,
             device_rules: plan.device.len() as u32,
-            _pad: 0,
+            crash_rules: plan.crash.len() as u32,
         };
         self.write("TARGET", &[record])
     }
@@ -331,6 +341,7 @@ impl Programs {
         record.packet_rules = 0;
         record.sock_rules = 0;
         record.device_rules = 0;
+        record.crash_rules = 0;
         array
             .set(0, record, 0)
             .map_err(map_error("write", "TARGET"))
@@ -340,7 +351,8 @@ impl Programs {
     pub fn write_rules(&mut self, plan: &Plan) -> Result<(), LoadError> {
         self.write("PACKET_RULES", &plan.packet)?;
         self.write("SOCK_RULES", &plan.sock)?;
-        self.write("DEVICE_RULES", &plan.device)
+        self.write("DEVICE_RULES", &plan.device)?;
+        self.write("CRASH_RULES", &plan.crash)
     }
 
     /// Writes `values` at the start of an array map.
@@ -490,6 +502,27 @@ impl Programs {
         Ok(())
     }
 
+    /// Attaches the syscall-entry tracepoint `crash` needs; it filters by cgroup itself.
+    pub fn attach_tracepoints(&mut self) -> Result<(), LoadError> {
+        if !self.needs.sys_enter {
+            return Ok(());
+        }
+        let prog: &mut RawTracePoint = program(&mut self.ebpf, "chaos_sys_enter")?;
+        prog.attach("sys_enter")
+            .map_err(|source| LoadError::Attach {
+                program: "chaos_sys_enter",
+                to: "raw tracepoint sys_enter".into(),
+                source,
+            })?;
+        self.tracepoint_attached = true;
+        Ok(())
+    }
+
+    /// Counters of crash rule `rule`, summed over CPUs.
+    pub fn crash_counters(&self, rule: u32) -> Result<RuleCounters, LoadError> {
+        self.sum("CRASH_COUNTERS", rule)
+    }
+
     /// Attaches the XDP program to the interface `xdp-drop` names, and again whenever that
     /// interface is made anew (a new index). Returns what changed, for the log.
     pub fn attach_xdp(&mut self) -> Result<Option<String>, LoadError> {
@@ -560,6 +593,9 @@ impl Programs {
         }
         if let (Some(dev), Some(_)) = (&self.needs.xdp, &self.xdp_attached) {
             out.push(format!("xdp {dev}"));
+        }
+        if self.tracepoint_attached {
+            out.push("raw tracepoint sys_enter".to_string());
         }
         out
     }
@@ -678,6 +714,7 @@ pub fn probe(name: &'static str) -> Result<(), LoadError> {
         aya::programs::Program::SockOps(p) => p.load().map_err(refused),
         aya::programs::Program::CgroupDevice(p) => p.load().map_err(refused),
         aya::programs::Program::CgroupSock(p) => p.load().map_err(refused),
+        aya::programs::Program::RawTracePoint(p) => p.load().map_err(refused),
         aya::programs::Program::FEntry(p) => p.load("security_file_open", &btf()?).map_err(refused),
         aya::programs::Program::Lsm(p) => p.load("file_open", &btf()?).map_err(refused),
         _ => Err(LoadError::Missing(name)),

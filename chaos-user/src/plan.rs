@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, AddrMatch,
-    DEVICE_ANY_MINOR, DIR_EGRESS, DIR_INGRESS, DIR_XDP, DeviceRule, FAMILY_V4, FAMILY_V6,
-    MAX_PACKET_RULES, MAX_SOCK_RULES, MODEL_GILBERT, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    PacketFilter, PacketRule, PortRange, SOCK_CREATE, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT,
-    SockRule,
+    CRASH_DRAW, CRASH_EVERY, CRASH_NTH, CrashRule, DEVICE_ANY_MINOR, DIR_EGRESS, DIR_INGRESS,
+    DIR_XDP, DeviceRule, FAMILY_V4, FAMILY_V6, MAX_PACKET_RULES, MAX_SOCK_RULES, MODEL_GILBERT,
+    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PacketRule, PortRange, SOCK_CREATE,
+    SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT, SockRule,
 };
 use ipnet::IpNet;
 
@@ -33,6 +33,8 @@ pub enum Carrier {
     Pause,
     /// A device rule, by index.
     Device(u32),
+    /// A crash rule, by index.
+    Crash(u32),
 }
 
 /// What a session's faults need from the kernel.
@@ -41,6 +43,7 @@ pub struct Plan {
     pub packet: Vec<PacketRule>,
     pub sock: Vec<SockRule>,
     pub device: Vec<DeviceRule>,
+    pub crash: Vec<CrashRule>,
     /// For each fault, in order, where it lives.
     pub carriers: Vec<Carrier>,
     pub needs: Needs,
@@ -60,6 +63,7 @@ impl Plan {
             packet: Vec::new(),
             sock: Vec::new(),
             device: Vec::new(),
+            crash: Vec::new(),
             carriers: Vec::new(),
             needs: Needs::default(),
             fq: false,
@@ -224,6 +228,23 @@ impl Plan {
                 return Ok(Carrier::Dns(self.dns.len() - 1));
             }
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
+            FaultSpec::Crash(c) => {
+                let (mode, count, threshold) = match c.when {
+                    spec::CrashWhen::Nth(n) => (CRASH_NTH, n, 0),
+                    spec::CrashWhen::Every(n) => (CRASH_EVERY, n, 0),
+                    spec::CrashWhen::P(p) => (CRASH_DRAW, 0, spec::threshold(p)),
+                };
+                self.crash.push(CrashRule {
+                    threshold,
+                    count,
+                    syscall: c.syscall.number,
+                    signal: c.signal.number,
+                    mode,
+                    ..CrashRule::default()
+                });
+                self.needs.sys_enter = true;
+                return Ok(Carrier::Crash(self.crash.len() as u32 - 1));
+            }
             FaultSpec::FdLimit(l) => {
                 self.sock.push(SockRule {
                     threshold: spec::threshold(l.p),

@@ -183,6 +183,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         FaultSpec::Dns(_) => "faked",
         FaultSpec::Pause(_) => "frozen",
         FaultSpec::Device(_) | FaultSpec::FdLimit(_) => "failed",
+        FaultSpec::Crash(_) => "signalled",
     }
 }
 

@@ -187,6 +187,7 @@ impl Session {
         if let Some(change) = self.programs.attach_xdp()? {
             anyhow::bail!("{change}");
         }
+        self.programs.attach_tracepoints()?;
         Ok(())
     }
 
@@ -231,6 +232,9 @@ impl Session {
             rule.deadline_ns = deadline;
         }
         for rule in &mut self.plan.device {
+            rule.deadline_ns = deadline;
+        }
+        for rule in &mut self.plan.crash {
             rule.deadline_ns = deadline;
         }
     }
@@ -413,6 +417,10 @@ impl Session {
                             },
                         );
                     }
+                }
+                Carrier::Crash(rule) => {
+                    let c = self.programs.crash_counters(rule)?;
+                    counters.insert("calls", Counters::from(c));
                 }
                 Carrier::Device(rule) => {
                     let c = self.programs.device_counters(rule)?;

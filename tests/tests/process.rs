@@ -167,3 +167,55 @@ fn fd_limit_fails_socket_creation_with_emfile_inside_only() {
     assert!(status.success(), "{lines:?}");
     assert_eq!(connect(Some(&target))["ok"], true, "after the session");
 }
+
+#[test]
+fn crash_kills_on_exactly_the_nth_call() {
+    if !root_or_skip() {
+        return;
+    }
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "run",
+        "--fault",
+        "crash:syscall=getppid,nth=100,signal=SIGKILL",
+        "--",
+        PROBE,
+        "getppid-loop",
+        "1000",
+        "1",
+    ]));
+    assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert_eq!(last, "100", "killed on the 100th call, after announcing it");
+}
+
+#[test]
+fn crash_every_nth_call_is_exact_across_threads() {
+    if !root_or_skip() {
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("chaos-crash-{}.json", std::process::id()));
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "run",
+        "--fault",
+        "crash:syscall=getppid,every=1000,signal=SIGRTMIN+1",
+        "--json",
+        json.to_str().expect("a UTF-8 path"),
+        "--",
+        PROBE,
+        "getppid-loop",
+        "10000",
+        "4",
+    ]));
+    assert!(status.success(), "{stderr}");
+    let v = last_json(&stdout);
+    println!("{v}");
+    assert_eq!(v["calls"], 40_000);
+    assert_eq!(
+        v["signals"], 40,
+        "one signal per 1000 calls of the process, exactly"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
+    std::fs::remove_file(&json).expect("remove the report");
+    assert_eq!(r["faults"][0]["calls"]["injected"], 40, "{r}");
+}

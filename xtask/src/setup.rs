@@ -228,8 +228,10 @@ fn ensure_bpf_linker(tools: &Path, features: &[&str]) -> Result<()> {
 fn write_recipe(tools: &Path, route: &Route) -> Result<()> {
     let linker_dir: PathBuf = tools.join("bin");
     let text = match route {
+        // aya-ebpf and the programs (`chaos`) each use one unstable feature.
         Route::Debian => format!(
-            "CARGO=/usr/bin/cargo\nRUSTC=/usr/bin/rustc\nRUSTC_BOOTSTRAP=aya_ebpf\nLINKER_DIR={}\n",
+            "CARGO=/usr/bin/cargo\nRUSTC=/usr/bin/rustc\nRUSTC_BOOTSTRAP=aya_ebpf,chaos\n\
+             LINKER_DIR={}\n",
             linker_dir.display()
         ),
         Route::Rustup => format!(

@@ -181,6 +181,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [loads("chaos_xdp")],
         ),
         fault(
+            "crash",
+            "raw tracepoint sys_enter with bpf_send_signal and atomic counts".into(),
+            [loads("chaos_sys_enter")],
+        ),
+        fault(
             "fd-limit",
             "sockets only: cgroup sock_create with bpf_set_retval (files and pipes need the file \
              allocation hook, not in this build)"
@@ -198,6 +203,9 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [freezer()],
         ),
     ];
+    // In the order users see the kinds everywhere else.
+    let mut faults = faults;
+    faults.sort_by_key(|f| crate::spec::KINDS.iter().position(|k| *k == f.kind));
     let findings = Findings {
         schema_version: crate::report::SCHEMA_VERSION,
         kernel: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),

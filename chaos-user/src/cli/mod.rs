@@ -56,6 +56,8 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   dns        answers replaced   answer=nxdomain|servfail|refused|timeout|ADDRESS [name=GLOB] [p=1]
   xdp-drop   packets arriving on an interface dropped (no --cgroup)   dev=IFACE p=FRACTION
   pause      the whole cgroup frozen   for=200ms interval=2s [random=true]
+  crash      a signal on the Nth call of a syscall   syscall=NAME nth=N|every=N|p=FRACTION
+             [signal=SIGKILL]
   fd-limit   socket() fails with EMFILE (sockets only in this build)   [p=1]
   device     device nodes fail to open   major=N [minor=N] [type=char|block] [access=rwm]
              [errno=EPERM] [p=1]

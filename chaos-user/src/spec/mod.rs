@@ -17,8 +17,8 @@ mod values;
 
 pub use parse::{keys_of, parse_fault};
 pub use values::{
-    ERRNOS, MAX_DURATION, parse_duration, parse_errno, parse_net, parse_ports, parse_probability,
-    parse_rate, parse_size,
+    ERRNOS, MAX_DURATION, SYSCALLS, parse_duration, parse_errno, parse_net, parse_ports,
+    parse_probability, parse_rate, parse_signal, parse_size, parse_syscall,
 };
 
 /// Fault kinds this build knows, as users write them.
@@ -35,6 +35,7 @@ pub const KINDS: &[&str] = &[
     "pause",
     "device",
     "fd-limit",
+    "crash",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -116,6 +117,7 @@ pub enum FaultSpec {
     Pause(PauseSpec),
     Device(DeviceSpec),
     FdLimit(FdLimitSpec),
+    Crash(CrashSpec),
 }
 
 impl FaultSpec {
@@ -134,6 +136,7 @@ impl FaultSpec {
             FaultSpec::Pause(_) => "pause",
             FaultSpec::Device(_) => "device",
             FaultSpec::FdLimit(_) => "fd-limit",
+            FaultSpec::Crash(_) => "crash",
         }
     }
 
@@ -326,6 +329,52 @@ pub struct PauseSpec {
     #[serde(serialize_with = "text::serialize_duration")]
     pub interval: Duration,
     pub random: bool,
+}
+
+/// `crash`: a signal to a process of the target on some of its calls of one syscall.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CrashSpec {
+    pub syscall: Syscall,
+    pub signal: Signal,
+    pub when: CrashWhen,
+}
+
+/// Which calls of a `crash` get the signal.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrashWhen {
+    /// The Nth call of each process, once.
+    Nth(u64),
+    /// Every Nth call of each process.
+    Every(u64),
+    /// Each call with this probability.
+    P(f64),
+}
+
+/// A syscall by name, with its number on this architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syscall {
+    pub name: &'static str,
+    pub number: u32,
+}
+
+impl Serialize for Syscall {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
+/// A signal, by the name users gave (`SIGKILL`, `SIGRTMIN+2`) and its number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub name: String,
+    pub number: u32,
+}
+
+impl Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name)
+    }
 }
 
 /// `fd-limit`: the target runs out of descriptors. This build fails socket creation with

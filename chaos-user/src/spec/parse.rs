@@ -41,6 +41,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "pause" => &["for", "interval", "random"],
         "device" => &["major", "minor", "type", "access", "errno", "p"],
         "fd-limit" => &["p"],
+        "crash" => &["syscall", "signal", "nth", "every", "p"],
         _ => FILTER_KEYS,
     }
 }
@@ -136,6 +137,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         }
         "pause" => FaultSpec::Pause(parse_pause(&mut keys)?),
         "device" => FaultSpec::Device(parse_device(&mut keys)?),
+        "crash" => FaultSpec::Crash(parse_crash(&mut keys)?),
         "fd-limit" => FaultSpec::FdLimit(FdLimitSpec {
             p: keys.probability("p", "")?,
         }),
@@ -301,6 +303,46 @@ fn parse_loss(keys: &mut Keys) -> Result<LossSpec, SpecError> {
         model,
         filter,
         flows,
+    })
+}
+
+fn parse_crash(keys: &mut Keys) -> Result<CrashSpec, SpecError> {
+    let example = "crash:syscall=fsync,nth=1000,signal=SIGKILL";
+    let Some(syscall) = keys.take("syscall") else {
+        return Err(missing(keys.kind, "syscall", example));
+    };
+    let syscall = parse_syscall("syscall", syscall)?;
+    let signal = match keys.take("signal") {
+        None => parse_signal("signal", "SIGKILL")?,
+        Some(v) => parse_signal("signal", v)?,
+    };
+    let count = |key: &str, v: &str| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad(key, v, "expected a count of calls from 1, such as 1000"))
+    };
+    let nth = keys.take("nth").map(|v| count("nth", v)).transpose()?;
+    let every = keys.take("every").map(|v| count("every", v)).transpose()?;
+    let p = keys
+        .take("p")
+        .map(|v| parse_probability("p", v))
+        .transpose()?;
+    let when = match (nth, every, p) {
+        (Some(n), None, None) => CrashWhen::Nth(n),
+        (None, Some(n), None) => CrashWhen::Every(n),
+        (None, None, Some(p)) => CrashWhen::P(p),
+        (None, None, None) => return Err(missing(keys.kind, "nth", example)),
+        _ => {
+            return Err(SpecError::Conflict(
+                "give one of nth, every and p: they are three ways to pick the calls".into(),
+            ));
+        }
+    };
+    Ok(CrashSpec {
+        syscall,
+        signal,
+        when,
     })
 }
 

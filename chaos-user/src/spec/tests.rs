@@ -57,6 +57,9 @@ fn canonical_text_round_trips() {
         "device:major=1,minor=5,type=char,access=rw,errno=EIO,p=0.5",
         "device:major=8",
         "fd-limit:p=1",
+        "crash:syscall=fsync,signal=SIGKILL,nth=1000",
+        "crash:syscall=getppid,signal=SIGRTMIN+1,every=10",
+        "crash:syscall=openat,signal=9,p=0.5",
         "fd-limit:p=0.25",
         "pause:for=1s,interval=5s,random=true",
     ] {
@@ -162,6 +165,25 @@ fn bad_input_is_named() {
         ("reset:interval=1ms", "at least 100ms"),
         ("device", "`device` needs `major`"),
         ("fd-limit:p=2", "bad value `2` for `p`"),
+        ("crash", "`crash` needs `syscall`"),
+        (
+            "crash:syscall=frobnicate,nth=1",
+            "bad value `frobnicate` for `syscall`",
+        ),
+        ("crash:syscall=fsync", "`crash` needs `nth`"),
+        ("crash:syscall=fsync,nth=0", "bad value `0` for `nth`"),
+        (
+            "crash:syscall=fsync,nth=1,every=2",
+            "give one of nth, every and p",
+        ),
+        (
+            "crash:syscall=fsync,nth=1,signal=SIGWHAT",
+            "bad value `SIGWHAT` for `signal`",
+        ),
+        (
+            "crash:syscall=fsync,nth=1,signal=99",
+            "bad value `99` for `signal`",
+        ),
         ("fd-limit:errno=EIO", "unknown key `errno`"),
         ("device:major=x", "bad value `x` for `major`"),
         ("device:major=1,access=rx", "bad value `rx` for `access`"),

@@ -131,6 +131,18 @@ impl fmt::Display for FaultSpec {
                 Ok(())
             }
             FaultSpec::FdLimit(l) => write!(f, "fd-limit:p={}", l.p),
+            FaultSpec::Crash(c) => {
+                write!(
+                    f,
+                    "crash:syscall={},signal={},",
+                    c.syscall.name, c.signal.name
+                )?;
+                match c.when {
+                    CrashWhen::Nth(n) => write!(f, "nth={n}"),
+                    CrashWhen::Every(n) => write!(f, "every={n}"),
+                    CrashWhen::P(p) => write!(f, "p={p}"),
+                }
+            }
             FaultSpec::Device(dev) => {
                 write!(f, "device:major={}", dev.major)?;
                 if let Some(minor) = dev.minor {

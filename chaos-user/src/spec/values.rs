@@ -213,3 +213,163 @@ pub fn parse_duration(key: &str, value: &str) -> Result<Duration, SpecError> {
     }
     Ok(d)
 }
+
+/// Syscalls by name, with their numbers on this architecture.
+#[cfg(target_arch = "x86_64")]
+pub const SYSCALLS: &[(&str, libc::c_long)] = &[
+    ("read", libc::SYS_read),
+    ("write", libc::SYS_write),
+    ("open", libc::SYS_open),
+    ("openat", libc::SYS_openat),
+    ("close", libc::SYS_close),
+    ("stat", libc::SYS_stat),
+    ("fstat", libc::SYS_fstat),
+    ("newfstatat", libc::SYS_newfstatat),
+    ("statx", libc::SYS_statx),
+    ("lseek", libc::SYS_lseek),
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    ("readv", libc::SYS_readv),
+    ("writev", libc::SYS_writev),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
+    ("sync", libc::SYS_sync),
+    ("truncate", libc::SYS_truncate),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fallocate", libc::SYS_fallocate),
+    ("rename", libc::SYS_rename),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("mkdir", libc::SYS_mkdir),
+    ("mkdirat", libc::SYS_mkdirat),
+    ("rmdir", libc::SYS_rmdir),
+    ("unlink", libc::SYS_unlink),
+    ("unlinkat", libc::SYS_unlinkat),
+    ("link", libc::SYS_link),
+    ("chmod", libc::SYS_chmod),
+    ("fchmod", libc::SYS_fchmod),
+    ("dup", libc::SYS_dup),
+    ("dup2", libc::SYS_dup2),
+    ("dup3", libc::SYS_dup3),
+    ("pipe", libc::SYS_pipe),
+    ("pipe2", libc::SYS_pipe2),
+    ("ioctl", libc::SYS_ioctl),
+    ("mmap", libc::SYS_mmap),
+    ("munmap", libc::SYS_munmap),
+    ("mprotect", libc::SYS_mprotect),
+    ("brk", libc::SYS_brk),
+    ("socket", libc::SYS_socket),
+    ("connect", libc::SYS_connect),
+    ("accept", libc::SYS_accept),
+    ("accept4", libc::SYS_accept4),
+    ("bind", libc::SYS_bind),
+    ("listen", libc::SYS_listen),
+    ("sendto", libc::SYS_sendto),
+    ("recvfrom", libc::SYS_recvfrom),
+    ("sendmsg", libc::SYS_sendmsg),
+    ("recvmsg", libc::SYS_recvmsg),
+    ("poll", libc::SYS_poll),
+    ("ppoll", libc::SYS_ppoll),
+    ("select", libc::SYS_select),
+    ("pselect6", libc::SYS_pselect6),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("epoll_pwait", libc::SYS_epoll_pwait),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("futex", libc::SYS_futex),
+    ("clone", libc::SYS_clone),
+    ("clone3", libc::SYS_clone3),
+    ("fork", libc::SYS_fork),
+    ("vfork", libc::SYS_vfork),
+    ("execve", libc::SYS_execve),
+    ("wait4", libc::SYS_wait4),
+    ("kill", libc::SYS_kill),
+    ("getpid", libc::SYS_getpid),
+    ("getppid", libc::SYS_getppid),
+    ("getuid", libc::SYS_getuid),
+    ("setuid", libc::SYS_setuid),
+];
+
+/// Syscalls by name: names are known on x86_64 only in this build.
+#[cfg(not(target_arch = "x86_64"))]
+pub const SYSCALLS: &[(&str, libc::c_long)] = &[];
+
+/// A syscall by its name (`fsync`), as this architecture numbers it.
+pub fn parse_syscall(key: &str, value: &str) -> Result<Syscall, SpecError> {
+    SYSCALLS
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|&(name, number)| Syscall {
+            name,
+            number: number as u32,
+        })
+        .ok_or_else(|| {
+            bad(
+                key,
+                value,
+                "expected a syscall this build knows by name, such as read, write, openat, \
+                 fsync, connect or getppid",
+            )
+        })
+}
+
+/// Signals by name.
+const SIGNALS: &[(&str, i32)] = &[
+    ("SIGHUP", libc::SIGHUP),
+    ("SIGINT", libc::SIGINT),
+    ("SIGQUIT", libc::SIGQUIT),
+    ("SIGILL", libc::SIGILL),
+    ("SIGTRAP", libc::SIGTRAP),
+    ("SIGABRT", libc::SIGABRT),
+    ("SIGBUS", libc::SIGBUS),
+    ("SIGFPE", libc::SIGFPE),
+    ("SIGKILL", libc::SIGKILL),
+    ("SIGUSR1", libc::SIGUSR1),
+    ("SIGSEGV", libc::SIGSEGV),
+    ("SIGUSR2", libc::SIGUSR2),
+    ("SIGPIPE", libc::SIGPIPE),
+    ("SIGALRM", libc::SIGALRM),
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGSTOP", libc::SIGSTOP),
+    ("SIGXCPU", libc::SIGXCPU),
+    ("SIGSYS", libc::SIGSYS),
+];
+
+/// A signal by name (`SIGKILL`, `KILL`, any case), as `SIGRTMIN+N`, or by number.
+pub fn parse_signal(key: &str, value: &str) -> Result<Signal, SpecError> {
+    let refuse = || {
+        bad(
+            key,
+            value,
+            "expected a signal such as SIGKILL, SIGSEGV, SIGABRT, SIGTERM or SIGRTMIN+1",
+        )
+    };
+    let upper = value.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    let number = if let Some(&(_, n)) = SIGNALS.iter().find(|(s, _)| *s == name) {
+        n
+    } else if let Some(offset) = name.strip_prefix("SIGRTMIN+") {
+        let offset: i32 = offset.parse().map_err(|_| refuse())?;
+        libc::SIGRTMIN() + offset
+    } else if let Ok(n) = value.parse::<i32>() {
+        n
+    } else {
+        return Err(refuse());
+    };
+    if !(1..=libc::SIGRTMAX()).contains(&number) {
+        return Err(refuse());
+    }
+    let name = if value.parse::<i32>().is_ok() {
+        value.to_string()
+    } else {
+        name
+    };
+    Ok(Signal {
+        name,
+        number: number as u32,
+    })
+}

@@ -8,6 +8,9 @@
 //! - `tcp-hold ADDR SECONDS`: connects, then reads until the connection ends or SECONDS pass;
 //!   prints how it ended (`{"errno":N}`, `{"eof":true}` or `{"timeout":true}`).
 //! - `udp-zeros ADDR COUNT SIZE`: COUNT datagrams of SIZE zero bytes.
+//! - `getppid-loop COUNT THREADS`: each thread calls getppid COUNT times; one thread prints the
+//!   number of each call before making it, and at the end `{"calls":N,"signals":S}`, S being
+//!   the SIGRTMIN+1 signals that arrived.
 //! - `open PATH`: opens PATH for reading; prints `{"ok":true}` or the errno.
 //! - `sleep-loop COUNT MS`: COUNT sleeps of MS milliseconds; prints the seconds they took.
 //! - `udp-flows ADDR FLOWS COUNT`: COUNT datagrams from each of FLOWS sockets, round robin.
@@ -58,6 +61,10 @@ fn main() {
             }
             println!("{{\"sent\":{count}}}");
         }
+        "getppid-loop" => getppid_loop(
+            arg(1).parse().unwrap_or_else(|_| usage()),
+            arg(2).parse().unwrap_or_else(|_| usage()),
+        ),
         "open" => match std::fs::File::open(arg(1)) {
             Ok(_) => println!("{{\"ok\":true}}"),
             Err(e) => println!("{{\"errno\":{}}}", e.raw_os_error().unwrap_or(-1)),
@@ -85,7 +92,7 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
-         | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | open PATH | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
+         | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | open PATH | getppid-loop COUNT THREADS | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | dns-query SERVER NAME udp|udp-unconnected|tcp \
          | demo TCP_ADDR PINGS BYTES"
     );
@@ -227,6 +234,43 @@ fn dns_query(server: &str, name: &str, mode: &str) {
         reply.response_code().to_string(),
         addr.map_or("null".to_string(), |a| format!("{a:?}")),
         from.to_string()
+    );
+}
+
+static SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn getppid_loop(count: u64, threads: usize) {
+    // SAFETY: a handler that only adds to an atomic, installed before any thread starts.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = count_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGRTMIN() + 1, &action, std::ptr::null_mut());
+    }
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 1..=count {
+                    if t == 0 && threads == 1 {
+                        println!("{i}");
+                    }
+                    // SAFETY: getppid has no preconditions.
+                    unsafe { libc::getppid() };
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a worker");
+    }
+    let signals = SIGNALS.load(std::sync::atomic::Ordering::SeqCst);
+    println!(
+        "{{\"calls\":{},\"signals\":{signals}}}",
+        count * threads as u64
     );
 }
 

@@ -1,0 +1,97 @@
+//! `crash`: a signal to a process of the target on its Nth call of a syscall, on every Nth, or
+//! at random (the raw `sys_enter` tracepoint and `bpf_send_signal`). The call itself still
+//! runs; the signal arrives on the way back to user space.
+//!
+//! Minimum kernel: 5.3 for `bpf_send_signal`; 5.12 for the atomic fetch-add that keeps counts
+//! exact across CPUs.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_send_signal},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use chaos_common::{CRASH_DRAW, CRASH_EVERY, CRASH_NTH, CallKey, MAX_CRASH_RULES};
+
+use crate::{
+    count, draw,
+    maps::{CALL_COUNTS, CRASH_COUNTERS, CRASH_RULES, TARGET},
+    now,
+};
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn chaos_sys_enter(ctx: RawTracePointContext) -> i32 {
+    let Some(target) = TARGET.get(0) else {
+        return 0;
+    };
+    if target.crash_rules == 0 {
+        return 0;
+    }
+    // SAFETY: a plain helper call; the level is the target's depth.
+    let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(target.level as i32) };
+    if cgroup != target.cgroup_id {
+        return 0;
+    }
+    let syscall: u64 = ctx.arg(1);
+    let now = now();
+    for i in 0..MAX_CRASH_RULES {
+        if i >= target.crash_rules {
+            break;
+        }
+        let Some(rule) = CRASH_RULES.get(i) else {
+            break;
+        };
+        if u64::from(rule.syscall) != syscall {
+            continue;
+        }
+        let live = now < rule.deadline_ns;
+        let act = live
+            && match rule.mode {
+                CRASH_DRAW => draw(rule.threshold),
+                CRASH_NTH => call_number(i) == Some(rule.count),
+                CRASH_EVERY => call_number(i).is_some_and(|n| n % rule.count.max(1) == 0),
+                _ => false,
+            };
+        count(CRASH_COUNTERS.get_ptr_mut(i), live, act);
+        if act {
+            // SAFETY: a plain helper call: the signal goes to the calling process.
+            unsafe { bpf_send_signal(rule.signal) };
+        }
+        return 0;
+    }
+    0
+}
+
+/// This call's number among the calling process's matching calls of rule `rule`, from 1.
+#[inline(always)]
+fn call_number(rule: u32) -> Option<u64> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = CallKey { rule, tgid };
+    let counter = match CALL_COUNTS.get_ptr_mut(&key) {
+        Some(counter) => counter,
+        None => {
+            // Another thread of the process may win the race to create it; either way it
+            // exists afterwards.
+            let _ = CALL_COUNTS.insert(&key, &0, BPF_NOEXIST as u64);
+            CALL_COUNTS.get_ptr_mut(&key)?
+        }
+    };
+    Some(fetch_add(counter, 1) + 1)
+}
+
+/// Adds `value` to `*counter` with one atomic instruction and returns what it held before.
+/// Rust's `core` has no atomic read-modify-write for BPF; the instruction is BPF's own.
+#[inline(always)]
+fn fetch_add(counter: *mut u64, value: u64) -> u64 {
+    let mut value = value;
+    // SAFETY: `counter` points at a map value this program holds; the instruction adds to it
+    // atomically and leaves the old value in the register.
+    unsafe {
+        core::arch::asm!(
+            "{0} = atomic_fetch_add((u64 *)({1} + 0), {0})",
+            inout(reg) value,
+            in(reg) counter,
+        );
+    }
+    value
+}
