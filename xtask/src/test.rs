@@ -49,6 +49,9 @@ const GUEST_TESTS: &[&str] = &[
     "pause_stretches_a_timed_loop_by_the_time_frozen",
     "a_cgroup_frozen_when_chaos_user_is_killed_is_thawed_by_recover",
     "device_opens_fail_with_the_chosen_errno_inside_only",
+    "fd_limit_fails_socket_creation_with_emfile_inside_only",
+    "crash_kills_on_exactly_the_nth_call",
+    "crash_every_nth_call_is_exact_across_threads",
 ];
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
