@@ -1,18 +1,16 @@
-//! The embedded kernel object: loading it, writing the rule records, attaching the programs
-//! the plan needs, and reading the counters back.
+//! One session's programs: loaded, given their rules, attached, and read back.
 
 use std::{fs, os::fd::AsFd as _};
 
 use anyhow::Context as _;
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
         ProgramError, RawTracePoint, SchedClassifier, SockOps, Xdp, XdpMode,
     },
-    util::KernelVersion,
 };
 use chaos_common::{
     COUNTER_EGRESS, COUNTER_INGRESS, MAX_CRASH_RULES, MAX_DEVICE_RULES, MAX_PACKET_RULES,
@@ -21,233 +19,13 @@ use chaos_common::{
 
 use crate::{
     cgroup::Cgroup,
-    error::{Class, Classify},
     netns::Netns,
     plan::Plan,
     tc::{self, Mode},
     undo::UndoLog,
 };
 
-/// The kernel programs, built by build.rs from `chaos-ebpf`. Empty when the eBPF toolchain was
-/// missing at build time.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos.bpf.o"));
-
-/// Names of the programs in the object, as the kernel lists them.
-pub const PROGRAMS: &[(&str, &str)] = &[
-    ("chaos_egress", "tc classifier"),
-    ("chaos_ingress", "cgroup_skb ingress"),
-    ("chaos_cg_egress", "cgroup_skb egress"),
-    ("chaos_sock_ops", "cgroup sock_ops"),
-    ("chaos_connect4", "cgroup connect4"),
-    ("chaos_connect6", "cgroup connect6"),
-    ("chaos_sendmsg4", "cgroup sendmsg4"),
-    ("chaos_sendmsg6", "cgroup sendmsg6"),
-    ("chaos_recvmsg4", "cgroup recvmsg4"),
-    ("chaos_recvmsg6", "cgroup recvmsg6"),
-    ("chaos_getpeer4", "cgroup getpeername4"),
-    ("chaos_getpeer6", "cgroup getpeername6"),
-    ("chaos_xdp", "xdp"),
-    ("chaos_device", "cgroup device"),
-    ("chaos_sock_create", "cgroup sock_create"),
-    ("chaos_sys_enter", "raw tracepoint sys_enter"),
-    ("probe_fentry", "fentry security_file_open"),
-    ("probe_lsm", "lsm file_open"),
-];
-
-/// The cgroup socket-address programs of `connect`, and those `dns` adds.
-const CONNECT_PROGRAMS: &[&str] = &["chaos_connect4", "chaos_connect6"];
-const DNS_PROGRAMS: &[&str] = &[
-    "chaos_sendmsg4",
-    "chaos_sendmsg6",
-    "chaos_recvmsg4",
-    "chaos_recvmsg6",
-    "chaos_getpeer4",
-    "chaos_getpeer6",
-];
-
-/// Which programs a session needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Needs {
-    /// tc egress on every interface (`loss` egress, `delay`, `corrupt`, `duplicate`).
-    pub tc_egress: bool,
-    /// cgroup_skb ingress (`loss` ingress).
-    pub cg_ingress: bool,
-    /// cgroup_skb egress (`bandwidth`, and `dns` bookkeeping).
-    pub cg_egress: bool,
-    /// sock_ops (`bandwidth` pacing of TCP).
-    pub sock_ops: bool,
-    /// connect4/6 (`connect`, `dns`).
-    pub connect: bool,
-    /// sendmsg4/6 and recvmsg4/6 (`dns`).
-    pub dns: bool,
-    /// XDP on this interface (`xdp-drop`).
-    pub xdp: Option<String>,
-    /// The cgroup device hook (`device`).
-    pub device: bool,
-    /// The socket-creation hook (`fd-limit`).
-    pub sock_create: bool,
-    /// The syscall-entry tracepoint (`crash`).
-    pub sys_enter: bool,
-}
-
-impl Needs {
-    /// The programs to load, by name.
-    pub fn programs(&self) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        if self.tc_egress {
-            names.push("chaos_egress");
-        }
-        if self.cg_ingress {
-            names.push("chaos_ingress");
-        }
-        if self.cg_egress {
-            names.push("chaos_cg_egress");
-        }
-        if self.sock_ops {
-            names.push("chaos_sock_ops");
-        }
-        if self.connect {
-            names.extend(CONNECT_PROGRAMS);
-        }
-        if self.dns {
-            names.extend(DNS_PROGRAMS);
-        }
-        if self.xdp.is_some() {
-            names.push("chaos_xdp");
-        }
-        if self.device {
-            names.push("chaos_device");
-        }
-        if self.sock_create {
-            names.push("chaos_sock_create");
-        }
-        if self.sys_enter {
-            names.push("chaos_sys_enter");
-        }
-        names
-    }
-
-    /// Whether any program is attached to the target cgroup.
-    pub fn cgroup(&self) -> bool {
-        self.cg_ingress
-            || self.cg_egress
-            || self.sock_ops
-            || self.connect
-            || self.dns
-            || self.device
-            || self.sock_create
-    }
-}
-
-/// Why the kernel side could not be set up. Every variant is the environment's refusal.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The binary has no programs in it.
-    #[error("this chaos-user was built without its eBPF programs")]
-    NotBuilt,
-    /// Not root.
-    #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
-    NotPrivileged,
-    /// The object does not parse.
-    #[error("parse the embedded eBPF object")]
-    Object(#[source] EbpfError),
-    /// The object lacks a program or map this build expects.
-    #[error("the embedded eBPF object has no {0}")]
-    Missing(&'static str),
-    /// The kernel refused a program; the source carries the verifier log.
-    #[error("the kernel refused to load program `{program}`")]
-    Refused {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    /// A program loaded but could not be attached.
-    #[error("attach `{program}` to {to}")]
-    Attach {
-        program: &'static str,
-        to: String,
-        #[source]
-        source: ProgramError,
-    },
-    /// A map operation failed.
-    #[error("{op} map {map}")]
-    Map {
-        op: &'static str,
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-    /// More rules of one family than the programs walk.
-    #[error("at most {max} {family} faults per session; {given} were given")]
-    TooManyRules {
-        family: &'static str,
-        max: u32,
-        given: usize,
-    },
-    /// The interface already runs an XDP program.
-    #[error("interface {dev} already has an XDP program attached")]
-    XdpBusy { dev: String },
-    /// The kernel is too old for a program the plan needs.
-    #[error("{what} needs kernel {need} or later; this is {have}")]
-    KernelTooOld {
-        what: &'static str,
-        need: &'static str,
-        have: String,
-    },
-}
-
-impl Classify for LoadError {
-    fn class(&self) -> Class {
-        match self {
-            LoadError::TooManyRules { .. } => Class::BadInput,
-            _ => Class::Environment,
-        }
-    }
-
-    fn hint(&self) -> Option<String> {
-        match self {
-            LoadError::NotBuilt => Some(
-                "run `cargo xtask setup` to install the eBPF toolchain, then build again".into(),
-            ),
-            LoadError::NotPrivileged => Some("run it with sudo".into()),
-            LoadError::Object(_) => Some(
-                "the kernel refused to create the maps: root needs CAP_BPF and CAP_SYS_ADMIN \
-                 (in a container, run it privileged)"
-                    .into(),
-            ),
-            LoadError::Refused { .. } => {
-                Some("`chaos-user doctor` shows which programs this kernel loads".into())
-            }
-            LoadError::XdpBusy { dev } => Some(format!(
-                "another session's xdp-drop, or a program of the system, holds it \
-                 (`ip link show dev {dev}` shows it): stop that first"
-            )),
-            _ => None,
-        }
-    }
-}
-
-/// Whether this binary carries its programs.
-pub fn built_with_programs() -> bool {
-    !OBJECT.is_empty()
-}
-
-/// Fails unless the binary has its programs and runs as root.
-pub fn check_ready() -> Result<(), LoadError> {
-    if !built_with_programs() {
-        return Err(LoadError::NotBuilt);
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(LoadError::NotPrivileged);
-    }
-    Ok(())
-}
-
-/// Whether this kernel has tcx links (6.6 and later), which make egress loss silent.
-pub fn has_tcx() -> bool {
-    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
-}
+use super::*;
 
 /// The kernel programs of one session, loaded; attachments live as long as this value.
 pub struct Programs {
@@ -632,91 +410,5 @@ impl Programs {
                 passed: acc.passed + v.passed,
                 expired: acc.expired + v.expired,
             }))
-    }
-}
-
-fn require_kernel(
-    what: &'static str,
-    (major, minor): (u8, u8),
-    need: &'static str,
-) -> Result<(), LoadError> {
-    match KernelVersion::current() {
-        Ok(v) if v < KernelVersion::new(major, minor, 0) => Err(LoadError::KernelTooOld {
-            what,
-            need,
-            have: format!("{v}"),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn map_error(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> LoadError {
-    move |source| LoadError::Map { op, map, source }
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
-{
-    ebpf.program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(LoadError::Missing(name))
-}
-
-/// A network interface: its name and its index, which a recreated interface does not keep.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Interface {
-    pub name: String,
-    pub index: u32,
-}
-
-/// The network interfaces of the network namespace this process is in.
-pub fn interfaces() -> Vec<Interface> {
-    let mut found = Vec::new();
-    // SAFETY: if_nameindex returns an array ended by a zeroed entry, or null; every name is a
-    // NUL-terminated string; the array is freed once, after it has been copied.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return found;
-        }
-        let mut entry = list;
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            let name = std::ffi::CStr::from_ptr((*entry).if_name)
-                .to_string_lossy()
-                .into_owned();
-            found.push(Interface {
-                name,
-                index: (*entry).if_index,
-            });
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
-    found
-}
-
-/// Loads one program of the object alone, attaching nothing, to see whether this kernel takes it.
-pub fn probe(name: &'static str) -> Result<(), LoadError> {
-    check_ready()?;
-    let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
-    let refused = |source| LoadError::Refused {
-        program: name,
-        source,
-    };
-    let btf = || aya::Btf::from_sys_fs().map_err(|e| refused(ProgramError::Btf(e)));
-    match ebpf.program_mut(name).ok_or(LoadError::Missing(name))? {
-        aya::programs::Program::SchedClassifier(p) => p.load().map_err(refused),
-        aya::programs::Program::CgroupSkb(p) => p.load().map_err(refused),
-        aya::programs::Program::CgroupSockAddr(p) => p.load().map_err(refused),
-        aya::programs::Program::Xdp(p) => p.load().map_err(refused),
-        aya::programs::Program::SockOps(p) => p.load().map_err(refused),
-        aya::programs::Program::CgroupDevice(p) => p.load().map_err(refused),
-        aya::programs::Program::CgroupSock(p) => p.load().map_err(refused),
-        aya::programs::Program::RawTracePoint(p) => p.load().map_err(refused),
-        aya::programs::Program::FEntry(p) => p.load("security_file_open", &btf()?).map_err(refused),
-        aya::programs::Program::Lsm(p) => p.load("file_open", &btf()?).map_err(refused),
-        _ => Err(LoadError::Missing(name)),
     }
 }
