@@ -28,7 +28,7 @@ pub struct Pause {
 impl Pause {
     /// A schedule whose first pause comes after one gap from `now`.
     pub fn new(fault: usize, spec: PauseSpec, now: Instant) -> Pause {
-        let seed = fastrand::u64(..);
+        let seed = spec.seed.unwrap_or_else(|| fastrand::u64(..));
         let mut pause = Pause {
             fault,
             spec,
@@ -40,9 +40,6 @@ impl Pause {
             frozen_for: Duration::ZERO,
         };
         pause.next = now + pause.gap();
-        if pause.spec.random {
-            log::info!("pause: random schedule with seed {seed}");
-        }
         pause
     }
 
@@ -84,6 +81,20 @@ impl Pause {
         }
         Ok(())
     }
+}
+
+/// Whether a cgroup is frozen (by its own `cgroup.freeze`) now.
+pub fn is_frozen(cgroup: &Path) -> io::Result<bool> {
+    let text = fs::read_to_string(cgroup.join("cgroup.freeze")).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{} has no freezer (the root cgroup has none; cgroup v2 from kernel 5.2): {e}",
+                cgroup.display()
+            ),
+        )
+    })?;
+    Ok(text.trim() == "1")
 }
 
 /// Freezes or thaws a cgroup and what is below it.

@@ -82,8 +82,8 @@ impl Plan {
         }
         if plan.sock.len() > MAX_SOCK_RULES as usize {
             return Err(spec::SpecError::Conflict(format!(
-                "{} connect faults given (dns takes two places); a session holds at most \
-                 {MAX_SOCK_RULES}",
+                "{} socket rules given (one per connect and fd-limit, two for all dns \
+                 together); a session holds at most {MAX_SOCK_RULES}",
                 plan.sock.len()
             )));
         }

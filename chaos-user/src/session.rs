@@ -122,15 +122,40 @@ impl Session {
                 _ => None,
             })
             .collect();
-        let pauses: Vec<Pause> = faults
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| match f {
-                FaultSpec::Pause(p) => Some(Pause::new(i, p.clone(), std::time::Instant::now())),
-                _ => None,
-            })
-            .collect();
+        let mut faults = faults;
+        let mut pauses = Vec::new();
+        for (i, f) in faults.iter_mut().enumerate() {
+            if let FaultSpec::Pause(p) = f {
+                let pause = Pause::new(i, p.clone(), std::time::Instant::now());
+                if p.random {
+                    // The report's spec then replays the same moments.
+                    p.seed = Some(pause.seed);
+                }
+                pauses.push(pause);
+            }
+        }
         if let (false, Some(t)) = (pauses.is_empty(), &target) {
+            // Freezing its own cgroup would stop the injector, and nothing would thaw it.
+            let mount = crate::cgroup::mount_point()?;
+            let own = Cgroup::of_process(&mount, "self")?;
+            if own.path.starts_with(&t.path) {
+                anyhow::bail!(crate::error::UsageError {
+                    message: format!(
+                        "pause would freeze chaos-user itself: its own cgroup is {}, at or below \
+                         the target {}",
+                        own.name, t.name
+                    ),
+                    hint: Some("run chaos-user outside the cgroup it pauses".into()),
+                });
+            }
+            claims.push(claim::claim("pause", t.id, &t.name, &t.related())?);
+            if crate::pause::is_frozen(&t.path)? {
+                anyhow::bail!(
+                    "cgroup {} is frozen already, and pause would thaw it at its end; thaw it \
+                     first (write 0 to its cgroup.freeze)",
+                    t.name
+                );
+            }
             // A frozen cgroup stays frozen after a crash: the log knows it before the first.
             undo.push(Entry::Frozen {
                 cgroup: t.path.clone(),
@@ -424,7 +449,7 @@ impl Session {
                 }
                 Carrier::Device(rule) => {
                     let c = self.programs.device_counters(rule)?;
-                    counters.insert("opens", Counters::from(c));
+                    counters.insert("accesses", Counters::from(c));
                 }
                 Carrier::Pause => {
                     if let Some(p) = self.pauses.iter().find(|p| p.fault == i) {

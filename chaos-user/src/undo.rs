@@ -74,7 +74,7 @@ impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
-            Entry::Frozen { cgroup } => write!(f, "frozen cgroup {}", cgroup.display()),
+            Entry::Frozen { cgroup } => write!(f, "the freeze of cgroup {}", cgroup.display()),
             Entry::PacingCaps { cgroup, .. } => {
                 write!(f, "TCP pacing caps in cgroup {}", cgroup.display())
             }

@@ -84,7 +84,7 @@ fn a_cgroup_frozen_when_chaos_user_is_killed_is_thawed_by_recover() {
     assert_eq!(undo_logs().len(), 1, "the undo log knows");
     let (status, stdout, stderr) = run(chaos_user().arg("recover"));
     assert!(status.success(), "{stdout} {stderr}");
-    assert!(stdout.contains("frozen cgroup"), "{stdout}");
+    assert!(stdout.contains("the freeze of cgroup"), "{stdout}");
     std::thread::sleep(Duration::from_millis(100));
     assert!(events().contains("frozen 0"), "thawed: {}", events());
     assert!(undo_logs().is_empty());
@@ -134,7 +134,7 @@ fn device_opens_fail_with_the_chosen_errno_inside_only() {
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("JSON");
     std::fs::remove_file(&json).expect("remove the report");
-    assert_eq!(r["faults"][0]["opens"]["injected"], 1, "{r}");
+    assert_eq!(r["faults"][0]["accesses"]["injected"], 1, "{r}");
 }
 
 #[test]

@@ -176,6 +176,11 @@ fn dry_run(args: &InjectArgs, target: Option<Cgroup>, faults: &[FaultSpec]) -> R
         };
         match (&target, name) {
             (_, "chaos_egress") => {}
+            (_, "chaos_sys_enter") => would_attach.push(
+                "chaos_sys_enter at raw tracepoint sys_enter (every process's calls; it acts on \
+                 the target's)"
+                    .to_string(),
+            ),
             (_, "chaos_xdp") => would_attach.push(format!(
                 "chaos_xdp at xdp of {}",
                 plan.needs.xdp.as_deref().unwrap_or_default()
@@ -183,6 +188,13 @@ fn dry_run(args: &InjectArgs, target: Option<Cgroup>, faults: &[FaultSpec]) -> R
             (Some(t), _) => would_attach.push(format!("{name} at {hook} of {}", t.name)),
             (None, _) => {}
         }
+    }
+    if let (true, Some(t)) = (
+        faults.iter().any(|f| matches!(f, FaultSpec::Pause(_))),
+        &target,
+    ) {
+        crate::pause::is_frozen(&t.path).with_context(|| format!("pause cgroup {}", t.name))?;
+        would_attach.push(format!("the cgroup freezer of {}", t.name));
     }
     if faults.iter().any(|f| matches!(f, FaultSpec::Dns(_))) {
         would_attach.push("a DNS responder on 127.0.0.1 and ::1".to_string());

@@ -97,7 +97,7 @@ The command keeps running when --duration ends first; only the faults are remove
 reaches the command; the summary goes to stderr.")]
     Run(RunArgs),
     /// Undo what a killed session left behind (its cgroup, tc filters and qdiscs, fq qdiscs,
-    /// TCP pacing caps), and say what was done.
+    /// TCP pacing caps, a frozen cgroup), and say what was done.
     #[command(after_help = "\
 Example:
   sudo chaos-user recover

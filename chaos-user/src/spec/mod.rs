@@ -329,6 +329,9 @@ pub struct PauseSpec {
     #[serde(serialize_with = "text::serialize_duration")]
     pub interval: Duration,
     pub random: bool,
+    /// The seed of a random schedule; the session picks one and reports it when not given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// `crash`: a signal to a process of the target on some of its calls of one syscall.

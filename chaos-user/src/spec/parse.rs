@@ -38,7 +38,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "reset" => &["interval", "src", "dst", "sport", "dport", "flows"],
         "dns" => &["name", "answer", "p", "flows"],
         "xdp-drop" => &["dev", "p", "proto", "src", "dst", "sport", "dport", "flows"],
-        "pause" => &["for", "interval", "random"],
+        "pause" => &["for", "interval", "random", "seed"],
         "device" => &["major", "minor", "type", "access", "errno", "p"],
         "fd-limit" => &["p"],
         "crash" => &["syscall", "signal", "nth", "every", "p"],
@@ -350,7 +350,7 @@ fn parse_device(keys: &mut Keys) -> Result<DeviceSpec, SpecError> {
     let number = |key: &str, v: &str| {
         v.parse::<u32>()
             .ok()
-            .filter(|n| *n < (1 << 20))
+            .filter(|n| *n < if key == "major" { 1 << 12 } else { 1 << 20 })
             .ok_or_else(|| {
                 bad(
                     key,
@@ -374,14 +374,19 @@ fn parse_device(keys: &mut Keys) -> Result<DeviceSpec, SpecError> {
         Some("block") => DeviceKind::Block,
         Some(v) => return Err(bad("type", v, "expected char or block")),
     };
-    let access = keys.take("access").unwrap_or("");
-    if !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+    let given = keys.take("access").unwrap_or("");
+    if !given.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
         return Err(bad(
             "access",
-            access,
+            given,
             "expected r, w and m (read, write, mknod), such as rw",
         ));
     }
+    // In one order, once each.
+    let access: String = ['r', 'w', 'm']
+        .into_iter()
+        .filter(|c| given.contains(*c))
+        .collect();
     let errno = match keys.take("errno") {
         None => parse_errno("errno", "EPERM")?,
         Some(v) => parse_errno("errno", v)?,
@@ -391,7 +396,7 @@ fn parse_device(keys: &mut Keys) -> Result<DeviceSpec, SpecError> {
         major,
         minor,
         kind,
-        access: access.to_string(),
+        access,
         errno,
         p,
     })
@@ -424,10 +429,23 @@ fn parse_pause(keys: &mut Keys) -> Result<PauseSpec, SpecError> {
         Some("true") => true,
         Some(v) => return Err(bad("random", v, "expected true or false")),
     };
+    let seed = match keys.take("seed") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| bad("seed", v, "expected a whole number, such as 42"))?,
+        ),
+    };
+    if seed.is_some() && !random {
+        return Err(SpecError::Conflict(
+            "seed picks the moments of random=true; a regular pause has none".into(),
+        ));
+    }
     Ok(PauseSpec {
         length,
         interval,
         random,
+        seed,
     })
 }
 

@@ -62,6 +62,7 @@ fn canonical_text_round_trips() {
         "crash:syscall=openat,signal=9,p=0.5",
         "fd-limit:p=0.25",
         "pause:for=1s,interval=5s,random=true",
+        "pause:for=5s,interval=7500ms,random=true,seed=42",
     ] {
         let spec = parse_fault(text).unwrap();
         assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
@@ -184,6 +185,16 @@ fn bad_input_is_named() {
             "crash:syscall=fsync,nth=1,signal=99",
             "bad value `99` for `signal`",
         ),
+        (
+            "crash:syscall=fsync,nth=1,signal=32",
+            "bad value `32` for `signal`",
+        ),
+        (
+            "crash:syscall=fsync,nth=1,signal=SIGSTOP",
+            "bad value `SIGSTOP` for `signal`",
+        ),
+        ("device:major=4096", "bad value `4096` for `major`"),
+        ("pause:for=1s,interval=2s,seed=7", "seed picks the moments"),
         ("fd-limit:errno=EIO", "unknown key `errno`"),
         ("device:major=x", "bad value `x` for `major`"),
         ("device:major=1,access=rx", "bad value `rx` for `access`"),

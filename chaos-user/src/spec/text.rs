@@ -14,11 +14,23 @@ impl fmt::Display for Ports {
     }
 }
 
+/// A duration in one unit, the largest that is exact (`7500ms`, `2s`): no spaces, so that the
+/// text works as a value of `--fault` as it is.
+pub(crate) fn duration_text(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    for (unit, scale) in [("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
+        if nanos % scale == 0 {
+            return format!("{}{unit}", nanos / scale);
+        }
+    }
+    format!("{nanos}ns")
+}
+
 pub(super) fn serialize_duration<S: serde::Serializer>(
     d: &Duration,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
+    s.serialize_str(&duration_text(*d))
 }
 
 pub(super) fn serialize_some_duration<S: serde::Serializer>(
@@ -46,7 +58,7 @@ impl fmt::Display for DnsAnswer {
 impl fmt::Display for FaultSpec {
     /// The canonical text of the spec: every key, in a fixed order, defaults included.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        let d = |d: &Duration| duration_text(*d);
         match self {
             FaultSpec::Loss(loss) => {
                 let dir = match loss.dir {
@@ -162,6 +174,9 @@ impl fmt::Display for FaultSpec {
                 write!(f, "pause:for={},interval={}", d(&p.length), d(&p.interval))?;
                 if p.random {
                     f.write_str(",random=true")?;
+                }
+                if let Some(seed) = p.seed {
+                    write!(f, ",seed={seed}")?;
                 }
                 Ok(())
             }

@@ -30,6 +30,19 @@ pub const ERRNOS: &[(&str, i32)] = &[
     ("EIO", libc::EIO),
     ("EINVAL", libc::EINVAL),
     ("EPROTO", libc::EPROTO),
+    ("ENOENT", libc::ENOENT),
+    ("ENXIO", libc::ENXIO),
+    ("ENODEV", libc::ENODEV),
+    ("EBUSY", libc::EBUSY),
+    ("EROFS", libc::EROFS),
+    ("ENOSPC", libc::ENOSPC),
+    ("EDQUOT", libc::EDQUOT),
+    ("EFBIG", libc::EFBIG),
+    ("ENOTDIR", libc::ENOTDIR),
+    ("EISDIR", libc::EISDIR),
+    ("EEXIST", libc::EEXIST),
+    ("ETXTBSY", libc::ETXTBSY),
+    ("ESTALE", libc::ESTALE),
 ];
 
 /// An errno by its name (`ECONNREFUSED`, any case).
@@ -330,7 +343,6 @@ const SIGNALS: &[(&str, i32)] = &[
     ("SIGPIPE", libc::SIGPIPE),
     ("SIGALRM", libc::SIGALRM),
     ("SIGTERM", libc::SIGTERM),
-    ("SIGSTOP", libc::SIGSTOP),
     ("SIGXCPU", libc::SIGXCPU),
     ("SIGSYS", libc::SIGSYS),
 ];
@@ -360,7 +372,10 @@ pub fn parse_signal(key: &str, value: &str) -> Result<Signal, SpecError> {
     } else {
         return Err(refuse());
     };
-    if !(1..=libc::SIGRTMAX()).contains(&number) {
+    // Signals 32 and 33 belong to the C library's threads; SIGSTOP would leave the process
+    // stopped, which `pause` does better (and undoes).
+    let reserved = number > libc::SIGSYS && number < libc::SIGRTMIN();
+    if !(1..=libc::SIGRTMAX()).contains(&number) || reserved || number == libc::SIGSTOP {
         return Err(refuse());
     }
     let name = if value.parse::<i32>().is_ok() {
