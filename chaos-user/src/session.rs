@@ -32,7 +32,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// When the rules of a session stop acting on their own.
 #[derive(Clone, Copy, Debug)]
 pub enum Deadline {
-    /// A fixed end (`--duration`), on the monotonic clock; the lease applies too.
+    /// A fixed length (`--duration`) from the start of the session; the lease applies too.
     At(Duration),
     /// A lease renewed on every tick.
     Lease,
@@ -45,6 +45,8 @@ pub struct Session {
     faults: Vec<FaultSpec>,
     plan: Plan,
     deadline: Deadline,
+    /// The end of `--duration` on the monotonic clock.
+    end: Option<Duration>,
     started: SystemTime,
     responder: Option<dns::Responder>,
     /// How the responders find a redirected query's resolver; shared by every namespace's.
@@ -167,6 +169,7 @@ impl Session {
             faults,
             plan,
             deadline,
+            end: None,
             started: SystemTime::now(),
             responder,
             upstream,
@@ -175,6 +178,10 @@ impl Session {
             namespaces: Vec::new(),
             _claims: claims,
         };
+        // `--duration` counts from here, as the caller's own timer does once this returns.
+        if let Deadline::At(length) = session.deadline {
+            session.end = Some(monotonic_now().saturating_add(length));
+        }
         session.renew_deadlines();
         session
             .programs
@@ -245,11 +252,7 @@ impl Session {
     /// frozen injector stops faulting within a lease either way.
     fn renew_deadlines(&mut self) {
         let lease = monotonic_now().saturating_add(LEASE);
-        let deadline = match self.deadline {
-            Deadline::At(end) => lease.min(end),
-            Deadline::Lease => lease,
-        }
-        .as_nanos() as u64;
+        let deadline = self.end.map_or(lease, |end| lease.min(end)).as_nanos() as u64;
         for rule in &mut self.plan.packet {
             rule.deadline_ns = deadline;
         }

@@ -71,9 +71,7 @@ fn inject(
         .enable_all()
         .build()?;
     let mut signals = signals::watch()?;
-    let deadline = duration.map_or(Deadline::Lease, |d| {
-        Deadline::At(crate::session::monotonic_now().saturating_add(d))
-    });
+    let deadline = duration.map_or(Deadline::Lease, Deadline::At);
     let mut session = Session::start(target.clone(), faults, deadline, undo)?;
     let what = target.as_ref().map_or_else(
         || "interfaces".to_string(),

@@ -108,9 +108,7 @@ fn run_in(
         .enable_all()
         .build()?;
     let mut signals = signals::watch()?;
-    let deadline = duration.map_or(Deadline::Lease, |d| {
-        Deadline::At(crate::session::monotonic_now().saturating_add(d))
-    });
+    let deadline = duration.map_or(Deadline::Lease, Deadline::At);
     let mut session = Some(Session::start(
         Some(target.clone()),
         faults,
