@@ -19,7 +19,7 @@ impl fmt::Display for Ports {
 pub(crate) fn duration_text(d: Duration) -> String {
     let nanos = d.as_nanos();
     for (unit, scale) in [("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
-        if nanos % scale == 0 {
+        if nanos.is_multiple_of(scale) {
             return format!("{}{unit}", nanos / scale);
         }
     }
