@@ -262,6 +262,15 @@ pub struct CrashRule {
     pub _pad: [u8; 7],
 }
 
+/// Key of the target's failed calls, counted by syscall and errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ErrorKey {
+    pub syscall: u32,
+    /// Positive.
+    pub errno: u32,
+}
+
 /// Key of the per-process call counts of `crash`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -332,6 +341,7 @@ const _: () = assert!(core::mem::size_of::<Target>() == 32);
 const _: () = assert!(core::mem::size_of::<DeviceRule>() == 32);
 const _: () = assert!(core::mem::size_of::<CrashRule>() == 40);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ErrorKey>() == 8);
 const _: () = assert!(core::mem::size_of::<AddrMatch>() == 36);
 const _: () = assert!(core::mem::size_of::<PacketFilter>() == 88);
 const _: () = assert!(core::mem::size_of::<PacketRule>() == 184);
@@ -356,6 +366,8 @@ mod pod {
     unsafe impl aya::Pod for super::DeviceRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CrashRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ErrorKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginalDst {}
     // SAFETY: as above.

@@ -6,16 +6,19 @@
 //! exact across CPUs.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_send_signal},
+    bindings::{BPF_NOEXIST, pt_regs},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_send_signal,
+    },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use chaos_common::{CRASH_DRAW, CRASH_EVERY, CRASH_NTH, CallKey, MAX_CRASH_RULES};
+use chaos_common::{CRASH_DRAW, CRASH_EVERY, CRASH_NTH, CallKey, ErrorKey, MAX_CRASH_RULES};
 
 use crate::{
     count, draw,
-    maps::{CALL_COUNTS, CRASH_COUNTERS, CRASH_RULES, TARGET},
+    maps::{CALL_COUNTS, CRASH_COUNTERS, CRASH_RULES, SYSCALL_ERRORS, TARGET},
     now,
 };
 
@@ -94,4 +97,57 @@ fn fetch_add(counter: *mut u64, value: u64) -> u64 {
         );
     }
     value
+}
+
+/// What the target then does: every failed call of its processes, counted by syscall and
+/// errno, so that a report shows the application's own errors beside the injected ones.
+///
+/// Minimum kernel: 4.17 (raw tracepoints).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn chaos_sys_exit(ctx: RawTracePointContext) -> i32 {
+    let Some(target) = TARGET.get(0) else {
+        return 0;
+    };
+    // SAFETY: a plain helper call; the level is the target's depth.
+    let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(target.level as i32) };
+    if cgroup != target.cgroup_id {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    if !(-4095..0).contains(&ret) {
+        return 0;
+    }
+    let Some(syscall) = syscall_number(ctx.arg(0)) else {
+        return 0;
+    };
+    let key = ErrorKey {
+        syscall,
+        errno: (-ret) as u32,
+    };
+    match SYSCALL_ERRORS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU map value, written only by this CPU while this program runs.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            let _ = SYSCALL_ERRORS.insert(&key, &1, 0);
+        }
+    }
+    0
+}
+
+/// The number of the syscall that is returning, from the saved registers.
+#[inline(always)]
+fn syscall_number(regs: *const pt_regs) -> Option<u32> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: the tracepoint's first argument is the task's saved registers; the helper
+        // reads them safely whatever they hold.
+        unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) }
+            .ok()
+            .map(|n| n as u32)
+    }
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    {
+        let _ = regs;
+        None
+    }
 }

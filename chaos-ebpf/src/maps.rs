@@ -2,10 +2,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use chaos_common::{
-    Bucket, CallKey, CrashRule, DeviceRule, FlowKey, MAX_CRASH_RULES, MAX_DEVICE_RULES,
+    Bucket, CallKey, CrashRule, DeviceRule, ErrorKey, FlowKey, MAX_CRASH_RULES, MAX_DEVICE_RULES,
     MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PacketRule, PeerKey, RuleCounters, SockRule,
     Target,
 };
@@ -58,6 +58,11 @@ pub static CRASH_COUNTERS: PerCpuArray<RuleCounters> =
 /// process's threads run on.
 #[map]
 pub static CALL_COUNTS: LruHashMap<CallKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// The target's failed calls, by syscall and errno, per CPU.
+#[map]
+pub static SYSCALL_ERRORS: LruPerCpuHashMap<ErrorKey, u64> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// Where each socket redirected to the DNS responder meant to go, by socket cookie.
 #[map]

@@ -73,6 +73,18 @@ impl Plan {
             let carrier = plan.add(fault, dns_port)?;
             plan.carriers.push(carrier);
         }
+        // Faults whose effect is a failed call: the report shows what the target then did.
+        plan.needs.sys_exit = faults.iter().any(|f| {
+            matches!(
+                f,
+                FaultSpec::Connect(_)
+                    | FaultSpec::Reset(_)
+                    | FaultSpec::Dns(_)
+                    | FaultSpec::Device(_)
+                    | FaultSpec::FdLimit(_)
+                    | FaultSpec::Crash(_)
+            )
+        });
         if plan.packet.len() > MAX_PACKET_RULES as usize {
             return Err(spec::SpecError::Conflict(format!(
                 "{} packet faults (loss, delay, bandwidth, corrupt, duplicate, xdp-drop) given; \

@@ -85,6 +85,17 @@ pub struct Report {
     pub end_reason: EndReason,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<CommandReport>,
+    /// What the target did: its failed calls during the session, by syscall and errno.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub syscall_errors: Vec<SyscallErrors>,
+}
+
+/// Failed calls of one syscall with one errno.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyscallErrors {
+    pub syscall: String,
+    pub errno: String,
+    pub count: u64,
 }
 
 impl Report {
@@ -99,7 +110,22 @@ impl Report {
             ended,
             attachments,
             faults,
+            syscall_errors,
         } = session;
+        let syscall_errors = syscall_errors
+            .into_iter()
+            .map(|(syscall, errno, count)| SyscallErrors {
+                syscall: crate::spec::SYSCALLS
+                    .iter()
+                    .find(|(_, n)| *n as u32 == syscall)
+                    .map_or_else(|| syscall.to_string(), |(s, _)| s.to_string()),
+                errno: crate::spec::ERRNOS
+                    .iter()
+                    .find(|(_, n)| *n as u32 == errno)
+                    .map_or_else(|| errno.to_string(), |(s, _)| s.to_string()),
+                count,
+            })
+            .collect();
         let elapsed = ended.duration_since(started).unwrap_or(Duration::ZERO);
         Report {
             schema_version: SCHEMA_VERSION,
@@ -112,6 +138,7 @@ impl Report {
             elapsed_seconds: elapsed.as_secs_f64(),
             end_reason,
             run: None,
+            syscall_errors,
         }
     }
 
@@ -162,6 +189,15 @@ impl Report {
                     ratio(*c, acted),
                 );
             }
+        }
+        if !self.syscall_errors.is_empty() {
+            let shown: Vec<String> = self
+                .syscall_errors
+                .iter()
+                .take(12)
+                .map(|e| format!("{} {} x{}", e.syscall, e.errno, e.count))
+                .collect();
+            s += &format!("  the target's failed calls: {}\n", shown.join(", "));
         }
         s
     }

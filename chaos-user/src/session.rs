@@ -493,6 +493,7 @@ impl Session {
             ended,
             attachments: self.attachments(),
             faults,
+            syscall_errors: self.programs.syscall_errors()?,
         };
         self.detach(undo)?;
         Ok(record)
@@ -564,6 +565,8 @@ pub struct SessionRecord {
     pub ended: SystemTime,
     pub attachments: Vec<String>,
     pub faults: Vec<FaultReport>,
+    /// The target's failed calls during the session: (syscall, errno, count), most first.
+    pub syscall_errors: Vec<(u32, u32, u64)>,
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.

@@ -113,6 +113,15 @@ fn connect_fails_with_the_chosen_errno_inside_only() {
     assert_eq!(connects["matched"], 2, "{r}");
     assert_eq!(connects["injected"], 2, "{r}");
     assert_eq!(r["faults"][1]["connects"]["injected"], 1, "{r}");
+    // What the target then saw, from the syscall-exit tracepoint.
+    let errors = r["syscall_errors"]
+        .as_array()
+        .expect("the target's failed calls");
+    let refused = errors
+        .iter()
+        .find(|e| e["syscall"] == "connect" && e["errno"] == "ECONNREFUSED")
+        .unwrap_or_else(|| panic!("connect ECONNREFUSED among {errors:?}"));
+    assert_eq!(refused["count"], 2, "{r}");
     // After the session connect works again from the cgroup.
     let after = probe_in(Some(&target), &["tcp-connect", &addr]);
     assert_eq!(after["ok"], true, "{after}");

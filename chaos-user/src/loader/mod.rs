@@ -31,6 +31,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("chaos_device", "cgroup device"),
     ("chaos_sock_create", "cgroup sock_create"),
     ("chaos_sys_enter", "raw tracepoint sys_enter"),
+    ("chaos_sys_exit", "raw tracepoint sys_exit"),
     ("probe_fentry", "fentry security_file_open"),
     ("probe_lsm", "lsm file_open"),
 ];
@@ -69,6 +70,8 @@ pub struct Needs {
     pub sock_create: bool,
     /// The syscall-entry tracepoint (`crash`).
     pub sys_enter: bool,
+    /// The syscall-exit tracepoint: the target's failed calls, for the report.
+    pub sys_exit: bool,
 }
 
 impl Needs {
@@ -104,6 +107,9 @@ impl Needs {
         }
         if self.sys_enter {
             names.push("chaos_sys_enter");
+        }
+        if self.sys_exit {
+            names.push("chaos_sys_exit");
         }
         names
     }

@@ -6,14 +6,14 @@ use anyhow::Context as _;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
         ProgramError, RawTracePoint, SchedClassifier, SockOps, Xdp, XdpMode,
     },
 };
 use chaos_common::{
-    COUNTER_EGRESS, COUNTER_INGRESS, MAX_CRASH_RULES, MAX_DEVICE_RULES, MAX_PACKET_RULES,
+    COUNTER_EGRESS, COUNTER_INGRESS, ErrorKey, MAX_CRASH_RULES, MAX_DEVICE_RULES, MAX_PACKET_RULES,
     MAX_SOCK_RULES, OriginalDst, PeerKey, RuleCounters, Target,
 };
 
@@ -37,7 +37,7 @@ pub struct Programs {
     cgroup_attached: Vec<&'static str>,
     /// The interface index and the link of `xdp-drop`.
     xdp_attached: Option<(u32, aya::programs::xdp::XdpLinkId)>,
-    tracepoint_attached: bool,
+    tracepoints: Vec<&'static str>,
 }
 
 /// The responder's view of `DNS_PEERS`: where each redirected client meant to send its query.
@@ -82,7 +82,7 @@ impl Programs {
             egress_interfaces: Vec::new(),
             cgroup_attached: Vec::new(),
             xdp_attached: None,
-            tracepoint_attached: false,
+            tracepoints: Vec::new(),
         })
     }
 
@@ -280,20 +280,43 @@ impl Programs {
         Ok(())
     }
 
-    /// Attaches the syscall-entry tracepoint `crash` needs; it filters by cgroup itself.
+    /// Attaches the syscall tracepoints the plan needs; they filter by cgroup themselves.
     pub fn attach_tracepoints(&mut self) -> Result<(), LoadError> {
-        if !self.needs.sys_enter {
-            return Ok(());
+        for (wanted, name, tracepoint) in [
+            (self.needs.sys_enter, "chaos_sys_enter", "sys_enter"),
+            (self.needs.sys_exit, "chaos_sys_exit", "sys_exit"),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let prog: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+            prog.attach(tracepoint)
+                .map_err(|source| LoadError::Attach {
+                    program: name,
+                    to: format!("raw tracepoint {tracepoint}"),
+                    source,
+                })?;
+            self.tracepoints.push(tracepoint);
         }
-        let prog: &mut RawTracePoint = program(&mut self.ebpf, "chaos_sys_enter")?;
-        prog.attach("sys_enter")
-            .map_err(|source| LoadError::Attach {
-                program: "chaos_sys_enter",
-                to: "raw tracepoint sys_enter".into(),
-                source,
-            })?;
-        self.tracepoint_attached = true;
         Ok(())
+    }
+
+    /// The target's failed calls so far: (syscall, errno, count), summed over CPUs.
+    pub fn syscall_errors(&self) -> Result<Vec<(u32, u32, u64)>, LoadError> {
+        if !self.needs.sys_exit {
+            return Ok(Vec::new());
+        }
+        let name = "SYSCALL_ERRORS";
+        let map = self.ebpf.map(name).ok_or(LoadError::Missing(name))?;
+        let errors: PerCpuHashMap<_, ErrorKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_error("open", name))?;
+        let mut out = Vec::new();
+        for entry in errors.iter() {
+            let (key, counts) = entry.map_err(map_error("read", name))?;
+            out.push((key.syscall, key.errno, counts.iter().sum::<u64>()));
+        }
+        out.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        Ok(out)
     }
 
     /// Counters of crash rule `rule`, summed over CPUs.
@@ -372,8 +395,8 @@ impl Programs {
         if let (Some(dev), Some(_)) = (&self.needs.xdp, &self.xdp_attached) {
             out.push(format!("xdp {dev}"));
         }
-        if self.tracepoint_attached {
-            out.push("raw tracepoint sys_enter".to_string());
+        for tracepoint in &self.tracepoints {
+            out.push(format!("raw tracepoint {tracepoint}"));
         }
         out
     }
