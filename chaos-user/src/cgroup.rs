@@ -318,6 +318,29 @@ pub fn remove(path: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// The processes of a cgroup and of every cgroup below it.
+pub fn processes_below(cgroup: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        pids.extend(
+            procs
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

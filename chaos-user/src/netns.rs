@@ -37,24 +37,12 @@ impl Netns {
         let own = own_inode().ok();
         let mut seen = BTreeSet::new();
         let mut found = Vec::new();
-        let mut dirs = vec![cgroup_dir.to_path_buf()];
-        while let Some(dir) = dirs.pop() {
-            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.split_whitespace() {
-                let Ok(ns) = Netns::open(&Path::new("/proc").join(pid).join("ns/net")) else {
-                    continue;
-                };
-                if Some(ns.inode) != own && seen.insert(ns.inode) {
-                    found.push(ns);
-                }
-            }
-            if let Ok(entries) = fs::read_dir(&dir) {
-                dirs.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
+        for pid in crate::cgroup::processes_below(cgroup_dir) {
+            let Ok(ns) = Netns::open(Path::new(&format!("/proc/{pid}/ns/net"))) else {
+                continue;
+            };
+            if Some(ns.inode) != own && seen.insert(ns.inode) {
+                found.push(ns);
             }
         }
         found

@@ -19,7 +19,7 @@ const UNLIMITED: u32 = u32::MAX;
 /// away meanwhile are skipped.
 pub fn lift_caps(cgroup: &Path, rates: &[u64]) -> io::Result<usize> {
     let mut lifted = 0;
-    for pid in processes(cgroup) {
+    for pid in crate::cgroup::processes_below(cgroup) {
         let Ok(pidfd) = pidfd_open(pid) else {
             continue;
         };
@@ -52,29 +52,6 @@ pub fn lift_caps(cgroup: &Path, rates: &[u64]) -> io::Result<usize> {
         }
     }
     Ok(lifted)
-}
-
-/// The processes of a cgroup and of every cgroup below it.
-fn processes(cgroup: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    let mut dirs = vec![cgroup.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        pids.extend(
-            procs
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok()),
-        );
-        if let Ok(entries) = fs::read_dir(&dir) {
-            dirs.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    pids
 }
 
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
