@@ -15,8 +15,8 @@ use crate::{
     maps::{BUCKETS, DNS_ORIGINAL, DNS_PEERS, PACKET_COUNTERS, PACKET_RULES, SOCK_RULES, TARGET},
     now,
     packet::{
-        CGROUP_SKB_CONGESTED, CGROUP_SKB_DROP, CGROUP_SKB_PASS, Packet, filter_matches, load_skb,
-        lose_first_match, parse, rule_count,
+        CGROUP_SKB_CONGESTED, CGROUP_SKB_DROP, CGROUP_SKB_PASS, Packet, filter_matches, in_share,
+        load_skb, lose_first_match, parse, rule_count,
     },
 };
 
@@ -61,7 +61,6 @@ pub fn chaos_cg_egress(ctx: SkBuffContext) -> i32 {
     if target.packet_rules == 0 {
         return CGROUP_SKB_PASS;
     }
-    let hash = packet.flow_hash();
     let now = now();
     for i in 0..MAX_PACKET_RULES {
         if i >= rule_count(target) {
@@ -74,7 +73,7 @@ pub fn chaos_cg_egress(ctx: SkBuffContext) -> i32 {
             continue;
         }
         let live = now < rule.deadline_ns;
-        let in_share = (hash as u64) < rule.flow_threshold;
+        let in_share = in_share(rule, &packet);
         // SAFETY: `skb` is this program's context.
         let len = unsafe { (*skb).len } as u64;
         let verdict = if live && in_share {

@@ -16,7 +16,7 @@ use chaos_common::{ACTION_BANDWIDTH, FAMILY_V4, FAMILY_V6, MAX_PACKET_RULES, PRO
 use crate::{
     maps::{PACKET_RULES, TARGET},
     now,
-    packet::{AF_INET, AF_INET6, Packet, filter_matches, rule_count},
+    packet::{AF_INET, AF_INET6, Packet, filter_matches, in_share, rule_count},
 };
 
 /// `bandwidth` for TCP: a connection of the target that matches a live rule paces itself at
@@ -85,7 +85,6 @@ pub fn chaos_sock_ops(ctx: SockOpsContext) -> u32 {
     };
     let mut rate: u32 = u32::MAX;
     if let Some(target) = TARGET.get(0) {
-        let hash = packet.flow_hash();
         let now = now();
         for i in 0..MAX_PACKET_RULES {
             if i >= rule_count(target) {
@@ -96,7 +95,7 @@ pub fn chaos_sock_ops(ctx: SockOpsContext) -> u32 {
             };
             if rule.action == ACTION_BANDWIDTH
                 && now < rule.deadline_ns
-                && (hash as u64) < rule.flow_threshold
+                && in_share(rule, &packet)
                 && filter_matches(&rule.filter, &packet)
             {
                 rate = if rule.rate_bytes < u32::MAX as u64 {

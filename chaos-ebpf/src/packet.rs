@@ -75,7 +75,6 @@ impl Packet {
 /// Finds the first loss rule of this direction whose filter matches, counts, and decides.
 #[inline(always)]
 pub(crate) fn lose_first_match(target: &Target, packet: &Packet, dir: u8, counter: u32) -> bool {
-    let hash = packet.flow_hash();
     let now = now();
     for i in 0..MAX_PACKET_RULES {
         if i >= rule_count(target) {
@@ -91,24 +90,34 @@ pub(crate) fn lose_first_match(target: &Target, packet: &Packet, dir: u8, counte
             continue;
         }
         let live = now < rule.deadline_ns;
-        let lose = live && decide(rule, i, hash);
+        let lose = live && decide(rule, i, packet);
         count(PACKET_COUNTERS.get_ptr_mut(i * 2 + counter), live, lose);
         return lose;
     }
     false
 }
 
+/// Whether the packet's flow is in the rule's share; the flow's hash is worked out only for a
+/// rule with a share (`flows=`).
+#[inline(always)]
+pub(crate) fn in_share(rule: &PacketRule, packet: &Packet) -> bool {
+    rule.flow_threshold >= 1 << 32 || (packet.flow_hash() as u64) < rule.flow_threshold
+}
+
 /// Whether a live rule acts on this packet: the flow must be in the rule's share, then the
 /// draw (or the Gilbert model's state) decides.
 #[inline(always)]
-pub(crate) fn decide(rule: &PacketRule, i: u32, hash: u32) -> bool {
-    if (hash as u64) >= rule.flow_threshold {
+pub(crate) fn decide(rule: &PacketRule, i: u32, packet: &Packet) -> bool {
+    if !in_share(rule, packet) {
         return false;
     }
     if rule.model != MODEL_GILBERT {
         return draw(rule.threshold);
     }
-    let key = FlowKey { rule: i, hash };
+    let key = FlowKey {
+        rule: i,
+        hash: packet.flow_hash(),
+    };
     // SAFETY: a plain map read; the value is copied out at once.
     let bad = unsafe { FLOW_STATE.get(&key) }.is_some_and(|s| *s != 0);
     let lose = draw(if bad { rule.loss_bad } else { rule.loss_good });

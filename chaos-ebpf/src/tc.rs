@@ -55,7 +55,6 @@ pub fn chaos_egress(ctx: TcContext) -> i32 {
     let Some(packet) = parse(|offset, buf: &mut [u8]| load_skb(skb, offset, buf)) else {
         return TC_NEXT;
     };
-    let hash = packet.flow_hash();
     let now = now();
     // One rule per action: the first whose filter matches.
     let mut done = 0u32;
@@ -85,7 +84,7 @@ pub fn chaos_egress(ctx: TcContext) -> i32 {
         };
         done |= bit;
         let live = now < rule.deadline_ns;
-        let act = live && decide(rule, i, hash);
+        let act = live && decide(rule, i, &packet);
         count(
             PACKET_COUNTERS.get_ptr_mut(i * 2 + COUNTER_EGRESS),
             live,
