@@ -49,8 +49,10 @@ fn pause_stretches_a_timed_loop_by_the_time_frozen() {
          200ms = {frozen:.3}s"
     );
     assert!(rounds >= 2, "{r}");
+    // The last pause may come after the loop ended, before `run` saw its command exit.
+    let during_loop = [frozen, frozen - 0.2];
     assert!(
-        (stretch - frozen).abs() <= 0.2,
+        during_loop.iter().any(|f| (stretch - f).abs() <= 0.1),
         "the loop took {stretch:.3}s longer, the pauses were {frozen:.3}s"
     );
 }
