@@ -415,6 +415,29 @@ impl TestNetns {
         TestNetns { name }
     }
 
+    /// A veth pair: `host` here with 10.SUBNET.0.1/24, its peer `chaos-peer` in this
+    /// namespace with 10.SUBNET.0.2/24, both up.
+    pub fn veth_pair(&self, host: &str, subnet: u8) {
+        for args in [
+            format!(
+                "link add {host} type veth peer name chaos-peer netns {}",
+                self.name
+            ),
+            format!("addr add 10.{subnet}.0.1/24 dev {host}"),
+            format!("link set {host} up"),
+        ] {
+            let (status, _, stderr) = run(Command::new("ip").args(args.split(' ')));
+            assert!(status.success(), "ip {args}: {stderr}");
+        }
+        for args in [
+            format!("addr add 10.{subnet}.0.2/24 dev chaos-peer"),
+            "link set chaos-peer up".to_string(),
+        ] {
+            let (status, _, stderr) = run(self.command(&["ip"]).args(args.split(' ')));
+            assert!(status.success(), "ip {args}: {stderr}");
+        }
+    }
+
     /// `ip netns exec NAME` followed by `args`.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");

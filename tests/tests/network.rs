@@ -754,24 +754,7 @@ fn an_interface_that_appears_mid_session_gets_the_fault_within_a_second() {
     // A veth pair made after the start: this end here, the other in a namespace of the test.
     let ns = TestNetns::new("veth");
     let host_end = format!("chaos-h{}", std::process::id() % 100_000);
-    for args in [
-        format!(
-            "link add {host_end} type veth peer name chaos-peer netns {}",
-            ns.name
-        ),
-        format!("addr add 10.211.0.1/24 dev {host_end}"),
-        format!("link set {host_end} up"),
-    ] {
-        let (status, _, stderr) = run(Command::new("ip").args(args.split(' ')));
-        assert!(status.success(), "ip {args}: {stderr}");
-    }
-    for args in [
-        "addr add 10.211.0.2/24 dev chaos-peer",
-        "link set chaos-peer up",
-    ] {
-        let (status, _, stderr) = run(ns.command(&["ip"]).args(args.split(' ')));
-        assert!(status.success(), "ip {args}: {stderr}");
-    }
+    ns.veth_pair(&host_end, 211);
     std::thread::sleep(Duration::from_millis(1500));
     let receive = |cgroup: Option<&TestCgroup>| -> u64 {
         let mut rx = ns.command(&[PROBE, "udp-recv", "2", "10.211.0.2"]);
@@ -923,28 +906,6 @@ fn bandwidth_caps_are_lifted_at_the_end_and_by_recover() {
     }
 }
 
-/// A veth pair: `host` here with 10.212.0.1/24, its peer in `ns` with 10.212.0.2/24.
-fn veth_pair(ns: &TestNetns, host: &str) {
-    for args in [
-        format!(
-            "link add {host} type veth peer name chaos-peer netns {}",
-            ns.name
-        ),
-        format!("addr add 10.212.0.1/24 dev {host}"),
-        format!("link set {host} up"),
-    ] {
-        let (status, _, stderr) = run(Command::new("ip").args(args.split(' ')));
-        assert!(status.success(), "ip {args}: {stderr}");
-    }
-    for args in [
-        "addr add 10.212.0.2/24 dev chaos-peer",
-        "link set chaos-peer up",
-    ] {
-        let (status, _, stderr) = run(ns.command(&["ip"]).args(args.split(' ')));
-        assert!(status.success(), "ip {args}: {stderr}");
-    }
-}
-
 #[test]
 fn xdp_drop_follows_its_interface_when_it_is_made_anew() {
     if !root_or_skip() {
@@ -952,7 +913,7 @@ fn xdp_drop_follows_its_interface_when_it_is_made_anew() {
     }
     let ns = TestNetns::new("xdp");
     let host = format!("chaos-x{}", std::process::id() % 100_000);
-    veth_pair(&ns, &host);
+    ns.veth_pair(&host, 212);
     let fault = format!("xdp-drop:dev={host},p=1,proto=udp");
     let injector = Injector::start(&["inject", "--fault", &fault]);
     let arrived = || -> usize {
@@ -972,7 +933,7 @@ fn xdp_drop_follows_its_interface_when_it_is_made_anew() {
     // The interface deleted and made again: a new index.
     let (status, _, stderr) = run(Command::new("ip").args(["link", "del", &host]));
     assert!(status.success(), "{stderr}");
-    veth_pair(&ns, &host);
+    ns.veth_pair(&host, 212);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(arrived(), 0, "dropped on the new interface too");
     let (status, lines) = injector.interrupt();
