@@ -15,12 +15,19 @@ pub const MAX_SOCK_RULES: u32 = 8;
 pub const MAX_DEVICE_RULES: u32 = 8;
 /// How many `crash` rules one session can hold.
 pub const MAX_CRASH_RULES: u32 = 8;
-/// `CrashRule::mode`: the signal on the `count`-th matching call of each process, once.
-pub const CRASH_NTH: u8 = 1;
-/// `CrashRule::mode`: on every `count`-th matching call of each process.
-pub const CRASH_EVERY: u8 = 2;
-/// `CrashRule::mode`: on each matching call with the rule's probability.
-pub const CRASH_DRAW: u8 = 3;
+/// How many `file`, `nospace`, `fd-limit` (files) and `fail` rules one session can hold.
+pub const MAX_CALL_RULES: u32 = 8;
+/// How many distinct `path=` prefixes the call rules of one session can name.
+pub const MAX_PATHS: u32 = 8;
+/// How many directory levels above a file the kernel walks looking for a `path=` prefix.
+pub const MAX_PATH_DEPTH: u32 = 48;
+/// `CrashRule::mode` and `CallRule::mode`: act on the `count`-th matching call of each process,
+/// once.
+pub const SCHEDULE_NTH: u8 = 1;
+/// The same: on every `count`-th matching call of each process.
+pub const SCHEDULE_EVERY: u8 = 2;
+/// The same: on each matching call with the rule's probability.
+pub const SCHEDULE_DRAW: u8 = 3;
 /// `DeviceRule::minor` that matches every minor number.
 pub const DEVICE_ANY_MINOR: u32 = u32::MAX;
 
@@ -105,6 +112,9 @@ pub struct Target {
     pub device_rules: u32,
     /// Number of valid entries at the start of the `CRASH_RULES` map.
     pub crash_rules: u32,
+    /// Number of valid entries at the start of the `CALL_RULES` map.
+    pub call_rules: u32,
+    pub _pad: u32,
 }
 
 /// An address filter: matches when `(address & mask) == addr` word by word, in the byte order
@@ -249,17 +259,109 @@ pub struct DeviceRule {
 pub struct CrashRule {
     /// As `PacketRule::deadline_ns`.
     pub deadline_ns: u64,
-    /// `CRASH_DRAW`: as `PacketRule::threshold`.
+    /// `SCHEDULE_DRAW`: as `PacketRule::threshold`.
     pub threshold: u64,
-    /// `CRASH_NTH` and `CRASH_EVERY`: which call, counted per process from 1.
+    /// `SCHEDULE_NTH` and `SCHEDULE_EVERY`: which call, counted per process from 1.
     pub count: u64,
     /// The syscall's number on this architecture.
     pub syscall: u32,
     /// The signal to send.
     pub signal: u32,
-    /// One of the `CRASH_*` modes.
+    /// One of the `SCHEDULE_*` modes.
     pub mode: u8,
     pub _pad: [u8; 7],
+}
+
+/// Operations that the LSM hooks see (`CallRule::ops` bits). One hook may serve several: the
+/// file permission hook tells reads from writes.
+pub mod op {
+    pub const OPEN: u64 = 1 << 0;
+    pub const READ: u64 = 1 << 1;
+    pub const WRITE: u64 = 1 << 2;
+    pub const CREATE: u64 = 1 << 3;
+    pub const UNLINK: u64 = 1 << 4;
+    /// A new file of any kind: the file allocation hook (`fd-limit`).
+    pub const FILE_ALLOC: u64 = 1 << 5;
+    /// fork, vfork, clone, and new threads.
+    pub const TASK_ALLOC: u64 = 1 << 6;
+    pub const MMAP: u64 = 1 << 7;
+    pub const MPROTECT: u64 = 1 << 8;
+    pub const IOCTL: u64 = 1 << 9;
+    pub const RENAME: u64 = 1 << 10;
+    pub const MKDIR: u64 = 1 << 11;
+    pub const RMDIR: u64 = 1 << 12;
+    pub const LINK: u64 = 1 << 13;
+    pub const SYMLINK: u64 = 1 << 14;
+    pub const CHMOD: u64 = 1 << 15;
+    pub const CHOWN: u64 = 1 << 16;
+    pub const TRUNCATE: u64 = 1 << 17;
+    pub const BIND: u64 = 1 << 18;
+    pub const LISTEN: u64 = 1 << 19;
+    pub const ACCEPT: u64 = 1 << 20;
+    pub const SENDMSG: u64 = 1 << 21;
+    pub const RECVMSG: u64 = 1 << 22;
+    pub const KILL: u64 = 1 << 23;
+    pub const SETUID: u64 = 1 << 24;
+    pub const SETGID: u64 = 1 << 25;
+    pub const LOCK: u64 = 1 << 26;
+}
+
+/// One rule of the LSM hooks (`file`, `nospace`, `fd-limit` on files, `fail`): calls of the
+/// target doing one of `ops`, under one of the rule's paths, fail with `errno`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallRule {
+    /// As `PacketRule::deadline_ns`.
+    pub deadline_ns: u64,
+    /// `SCHEDULE_DRAW`: as `PacketRule::threshold`.
+    pub threshold: u64,
+    /// `SCHEDULE_NTH` and `SCHEDULE_EVERY`: which call, counted per process from 1.
+    pub count: u64,
+    /// `op::*` bits.
+    pub ops: u64,
+    /// Positive; the hook returns its negation.
+    pub errno: u32,
+    /// Bit `1 << k` of the masks in `PATHS` that this rule's prefix sets; 0 for every path.
+    pub path_bit: u32,
+    /// One of the `SCHEDULE_*` modes.
+    pub mode: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Key of `PATHS`: a directory (or file) by device and inode number, as `stat` shows them
+/// (the device in the kernel's own encoding, `major << 20 | minor`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PathKey {
+    pub ino: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Offsets of the kernel struct fields the path walk reads, from the running kernel's BTF
+/// (Rust emits no CO-RE relocations, so they cannot be compiled in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct file`: `f_path`.
+    pub file_path: u32,
+    /// `struct path`: `mnt`, `dentry`.
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    /// `struct dentry`: `d_parent`, `d_inode`.
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    /// `struct inode`: `i_ino`, `i_sb`.
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    /// `struct super_block`: `s_dev`.
+    pub sb_dev: u32,
+    /// `struct mount`: `mnt` (the embedded `vfsmount`), `mnt_parent`, `mnt_mountpoint`.
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    /// Nonzero once the user side has filled the record in.
+    pub valid: u32,
 }
 
 /// Key of the target's failed calls, counted by syscall and errno.
@@ -271,7 +373,8 @@ pub struct ErrorKey {
     pub errno: u32,
 }
 
-/// Key of the per-process call counts of `crash`.
+/// Key of the per-process call counts of `crash` (`rule` below `MAX_CRASH_RULES`) and of the
+/// call rules (`CALL_COUNT_BASE + rule`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallKey {
@@ -279,6 +382,9 @@ pub struct CallKey {
     /// The process (thread group) id.
     pub tgid: u32,
 }
+
+/// Where the call rules' counts start in `CallKey::rule`.
+pub const CALL_COUNT_BASE: u32 = 256;
 
 /// Where a socket redirected to the DNS responder meant to go: keyed by socket cookie in
 /// `DNS_ORIGINAL`, and by the client's port in `DNS_PEERS` for the responder to read.
@@ -337,7 +443,10 @@ pub struct RuleCounters {
     pub expired: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Target>() == 32);
+const _: () = assert!(core::mem::size_of::<Target>() == 40);
+const _: () = assert!(core::mem::size_of::<CallRule>() == 48);
+const _: () = assert!(core::mem::size_of::<PathKey>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<DeviceRule>() == 32);
 const _: () = assert!(core::mem::size_of::<CrashRule>() == 40);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 8);
@@ -368,6 +477,12 @@ mod pod {
     unsafe impl aya::Pod for super::CrashRule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ErrorKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CallRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PathKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OriginalDst {}
     // SAFETY: as above.

@@ -6,20 +6,17 @@
 //! exact across CPUs.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, pt_regs},
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        bpf_send_signal,
-    },
+    bindings::pt_regs,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, bpf_send_signal},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use chaos_common::{CRASH_DRAW, CRASH_EVERY, CRASH_NTH, CallKey, ErrorKey, MAX_CRASH_RULES};
+use chaos_common::{ErrorKey, MAX_CRASH_RULES};
 
 use crate::{
-    count, draw,
-    maps::{CALL_COUNTS, CRASH_COUNTERS, CRASH_RULES, SYSCALL_ERRORS, TARGET},
-    now,
+    count,
+    maps::{CRASH_COUNTERS, CRASH_RULES, SYSCALL_ERRORS, TARGET},
+    now, scheduled,
 };
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -48,13 +45,7 @@ pub fn chaos_sys_enter(ctx: RawTracePointContext) -> i32 {
             continue;
         }
         let live = now < rule.deadline_ns;
-        let act = live
-            && match rule.mode {
-                CRASH_DRAW => draw(rule.threshold),
-                CRASH_NTH => call_number(i) == Some(rule.count),
-                CRASH_EVERY => call_number(i).is_some_and(|n| n % rule.count.max(1) == 0),
-                _ => false,
-            };
+        let act = live && scheduled(rule.mode, rule.threshold, rule.count, i);
         count(CRASH_COUNTERS.get_ptr_mut(i), live, act);
         if act {
             // SAFETY: a plain helper call: the signal goes to the calling process.
@@ -63,40 +54,6 @@ pub fn chaos_sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     0
-}
-
-/// This call's number among the calling process's matching calls of rule `rule`, from 1.
-#[inline(always)]
-fn call_number(rule: u32) -> Option<u64> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = CallKey { rule, tgid };
-    let counter = match CALL_COUNTS.get_ptr_mut(&key) {
-        Some(counter) => counter,
-        None => {
-            // Another thread of the process may win the race to create it; either way it
-            // exists afterwards.
-            let _ = CALL_COUNTS.insert(&key, &0, BPF_NOEXIST as u64);
-            CALL_COUNTS.get_ptr_mut(&key)?
-        }
-    };
-    Some(fetch_add(counter, 1) + 1)
-}
-
-/// Adds `value` to `*counter` with one atomic instruction and returns what it held before.
-/// Rust's `core` has no atomic read-modify-write for BPF; the instruction is BPF's own.
-#[inline(always)]
-fn fetch_add(counter: *mut u64, value: u64) -> u64 {
-    let mut value = value;
-    // SAFETY: `counter` points at a map value this program holds; the instruction adds to it
-    // atomically and leaves the old value in the register.
-    unsafe {
-        core::arch::asm!(
-            "{0} = atomic_fetch_add((u64 *)({1} + 0), {0})",
-            inout(reg) value,
-            in(reg) counter,
-        );
-    }
-    value
 }
 
 /// What the target then does: every failed call of its processes, counted by syscall and

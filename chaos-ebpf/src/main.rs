@@ -7,6 +7,7 @@
 mod cgroup_skb;
 mod crash;
 mod device;
+mod hooks;
 mod maps;
 mod pacing;
 mod packet;
@@ -70,4 +71,52 @@ fn mix(words: &[u32]) -> u32 {
         h ^= h >> 16;
     }
     h
+}
+
+/// Whether a rule with this schedule (`SCHEDULE_*`) acts on this call. `counter` is the rule's
+/// slot in `CALL_COUNTS`.
+#[inline(always)]
+fn scheduled(mode: u8, threshold: u64, every: u64, counter: u32) -> bool {
+    match mode {
+        chaos_common::SCHEDULE_DRAW => draw(threshold),
+        chaos_common::SCHEDULE_NTH => call_number(counter) == Some(every),
+        chaos_common::SCHEDULE_EVERY => {
+            call_number(counter).is_some_and(|n| n.checked_rem(every) == Some(0))
+        }
+        _ => false,
+    }
+}
+
+/// This call's number among the calling process's matching calls of rule `rule`, from 1.
+#[inline(always)]
+fn call_number(rule: u32) -> Option<u64> {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = chaos_common::CallKey { rule, tgid };
+    let counter = match maps::CALL_COUNTS.get_ptr_mut(&key) {
+        Some(counter) => counter,
+        None => {
+            // Another thread of the process may win the race to create it; either way it
+            // exists afterwards.
+            let _ = maps::CALL_COUNTS.insert(&key, &0, aya_ebpf::bindings::BPF_NOEXIST as u64);
+            maps::CALL_COUNTS.get_ptr_mut(&key)?
+        }
+    };
+    Some(fetch_add(counter, 1) + 1)
+}
+
+/// Adds `value` to `*counter` with one atomic instruction and returns what it held before.
+/// Rust's `core` has no atomic read-modify-write for BPF; the instruction is BPF's own.
+#[inline(always)]
+fn fetch_add(counter: *mut u64, value: u64) -> u64 {
+    let mut value = value;
+    // SAFETY: `counter` points at a map value this program holds; the instruction adds to it
+    // atomically and leaves the old value in the register.
+    unsafe {
+        core::arch::asm!(
+            "{0} = atomic_fetch_add((u64 *)({1} + 0), {0})",
+            inout(reg) value,
+            in(reg) counter,
+        );
+    }
+    value
 }

@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use chaos_common::{
-    Bucket, CallKey, CrashRule, DeviceRule, ErrorKey, FlowKey, MAX_CRASH_RULES, MAX_DEVICE_RULES,
-    MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PacketRule, PeerKey, RuleCounters, SockRule,
-    Target,
+    Bucket, CallKey, CallRule, CrashRule, DeviceRule, ErrorKey, FlowKey, KernelOffsets,
+    MAX_CALL_RULES, MAX_CRASH_RULES, MAX_DEVICE_RULES, MAX_PACKET_RULES, MAX_PATHS, MAX_SOCK_RULES,
+    OriginalDst, PacketRule, PathKey, PeerKey, RuleCounters, SockRule, Target,
 };
 
 /// The one target of this object and how many rules of each family are live.
@@ -53,6 +53,23 @@ pub static CRASH_RULES: Array<CrashRule> = Array::with_max_entries(MAX_CRASH_RUL
 #[map]
 pub static CRASH_COUNTERS: PerCpuArray<RuleCounters> =
     PerCpuArray::with_max_entries(MAX_CRASH_RULES, 0);
+
+#[map]
+pub static CALL_RULES: Array<CallRule> = Array::with_max_entries(MAX_CALL_RULES, 0);
+
+/// Per call rule.
+#[map]
+pub static CALL_COUNTERS: PerCpuArray<RuleCounters> =
+    PerCpuArray::with_max_entries(MAX_CALL_RULES, 0);
+
+/// The directories of the call rules' `path=` prefixes, each with the bits of the rules that
+/// name it.
+#[map]
+pub static PATHS: HashMap<PathKey, u32> = HashMap::with_max_entries(MAX_PATHS, 0);
+
+/// Where the path walk finds the fields it reads, in the running kernel.
+#[map]
+pub static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 
 /// Matching calls so far, per rule and process, added to atomically: exact whatever CPUs the
 /// process's threads run on.

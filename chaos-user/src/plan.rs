@@ -5,10 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, AddrMatch,
-    CRASH_DRAW, CRASH_EVERY, CRASH_NTH, CrashRule, DEVICE_ANY_MINOR, DIR_EGRESS, DIR_INGRESS,
-    DIR_XDP, DeviceRule, FAMILY_V4, FAMILY_V6, MAX_PACKET_RULES, MAX_SOCK_RULES, MODEL_GILBERT,
-    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PacketRule, PortRange, SOCK_CREATE,
-    SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT, SockRule,
+    CallRule, CrashRule, DEVICE_ANY_MINOR, DIR_EGRESS, DIR_INGRESS, DIR_XDP, DeviceRule, FAMILY_V4,
+    FAMILY_V6, MAX_CALL_RULES, MAX_PACKET_RULES, MAX_PATHS, MAX_SOCK_RULES, MODEL_GILBERT,
+    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PacketRule, PortRange,
+    SCHEDULE_DRAW, SCHEDULE_EVERY, SCHEDULE_NTH, SOCK_CREATE, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT,
+    SockRule,
 };
 use ipnet::IpNet;
 
@@ -35,6 +36,10 @@ pub enum Carrier {
     Device(u32),
     /// A crash rule, by index.
     Crash(u32),
+    /// A call rule of the LSM hooks, by index.
+    Call(u32),
+    /// `fd-limit`: the call rule where the file allocation hook runs, else the socket rule.
+    FdLimit { call: u32, sock: u32 },
 }
 
 /// What a session's faults need from the kernel.
@@ -44,6 +49,9 @@ pub struct Plan {
     pub sock: Vec<SockRule>,
     pub device: Vec<DeviceRule>,
     pub crash: Vec<CrashRule>,
+    pub call: Vec<CallRule>,
+    /// The `path=` prefixes of the call rules: rule bit `1 << i` stands for `call_paths[i]`.
+    pub call_paths: Vec<std::path::PathBuf>,
     /// For each fault, in order, where it lives.
     pub carriers: Vec<Carrier>,
     pub needs: Needs,
@@ -64,6 +72,8 @@ impl Plan {
             sock: Vec::new(),
             device: Vec::new(),
             crash: Vec::new(),
+            call: Vec::new(),
+            call_paths: Vec::new(),
             carriers: Vec::new(),
             needs: Needs::default(),
             fq: false,
@@ -83,8 +93,24 @@ impl Plan {
                     | FaultSpec::Device(_)
                     | FaultSpec::FdLimit(_)
                     | FaultSpec::Crash(_)
+                    | FaultSpec::File(_)
+                    | FaultSpec::Nospace(_)
+                    | FaultSpec::Fail(_)
             )
         });
+        if plan.call.len() > MAX_CALL_RULES as usize {
+            return Err(spec::SpecError::Conflict(format!(
+                "{} file, nospace, fail and fd-limit faults given; a session holds at most \
+                 {MAX_CALL_RULES}",
+                plan.call.len()
+            )));
+        }
+        if plan.call_paths.len() > MAX_PATHS as usize {
+            return Err(spec::SpecError::Conflict(format!(
+                "{} different path= prefixes given; a session holds at most {MAX_PATHS}",
+                plan.call_paths.len()
+            )));
+        }
         if plan.packet.len() > MAX_PACKET_RULES as usize {
             return Err(spec::SpecError::Conflict(format!(
                 "{} packet faults (loss, delay, bandwidth, corrupt, duplicate, xdp-drop) given; \
@@ -240,12 +266,24 @@ impl Plan {
                 return Ok(Carrier::Dns(self.dns.len() - 1));
             }
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
+            FaultSpec::File(file) => {
+                let ops = file.ops.iter().fold(0, |bits, op| bits | op.bit());
+                return Ok(self.add_call(ops, file.errno.number, file.path.as_deref(), file.when));
+            }
+            FaultSpec::Nospace(n) => {
+                let ops = chaos_common::op::CREATE | chaos_common::op::WRITE;
+                return Ok(self.add_call(ops, libc::ENOSPC, n.path.as_deref(), n.when));
+            }
+            FaultSpec::Fail(fail) => {
+                return Ok(self.add_call(
+                    fail.ops(),
+                    fail.errno.number,
+                    fail.path.as_deref(),
+                    fail.when,
+                ));
+            }
             FaultSpec::Crash(c) => {
-                let (mode, count, threshold) = match c.when {
-                    spec::CrashWhen::Nth(n) => (CRASH_NTH, n, 0),
-                    spec::CrashWhen::Every(n) => (CRASH_EVERY, n, 0),
-                    spec::CrashWhen::P(p) => (CRASH_DRAW, 0, spec::threshold(p)),
-                };
+                let (mode, count, threshold) = schedule(c.when);
                 self.crash.push(CrashRule {
                     threshold,
                     count,
@@ -258,14 +296,27 @@ impl Plan {
                 return Ok(Carrier::Crash(self.crash.len() as u32 - 1));
             }
             FaultSpec::FdLimit(l) => {
+                // Both records: the loader learns which hook this kernel runs.
                 self.sock.push(SockRule {
                     threshold: spec::threshold(l.p),
                     action: SOCK_CREATE,
                     errno: libc::EMFILE as u32,
                     ..SockRule::default()
                 });
-                self.needs.sock_create = true;
-                return Ok(Carrier::Sock(self.sock.len() as u32 - 1));
+                let Carrier::Call(call) = self.add_call(
+                    chaos_common::op::FILE_ALLOC,
+                    libc::EMFILE,
+                    None,
+                    spec::Schedule::P(l.p),
+                ) else {
+                    unreachable!("add_call gives a call rule")
+                };
+                self.needs.calls &= !chaos_common::op::FILE_ALLOC;
+                self.needs.fd_limit = true;
+                return Ok(Carrier::FdLimit {
+                    call,
+                    sock: self.sock.len() as u32 - 1,
+                });
             }
             FaultSpec::Device(d) => {
                 self.device.push(DeviceRule {
@@ -302,6 +353,41 @@ impl Plan {
         }
         self.packet.push(rule);
         Ok(Carrier::Packet(self.packet.len() as u32 - 1))
+    }
+
+    /// A rule of the LSM hooks.
+    fn add_call(
+        &mut self,
+        ops: u64,
+        errno: i32,
+        path: Option<&std::path::Path>,
+        when: spec::Schedule,
+    ) -> Carrier {
+        let path_bit = match path {
+            None => 0,
+            Some(path) => {
+                let at = match self.call_paths.iter().position(|p| p == path) {
+                    Some(at) => at,
+                    None => {
+                        self.call_paths.push(path.to_path_buf());
+                        self.call_paths.len() - 1
+                    }
+                };
+                1u32.checked_shl(at as u32).unwrap_or(0)
+            }
+        };
+        let (mode, count, threshold) = schedule(when);
+        self.call.push(CallRule {
+            threshold,
+            count,
+            ops,
+            errno: errno as u32,
+            path_bit,
+            mode,
+            ..CallRule::default()
+        });
+        self.needs.calls |= ops;
+        Carrier::Call(self.call.len() as u32 - 1)
     }
 
     /// The two socket rules that send the target's DNS traffic (port 53, either family, UDP or
@@ -349,6 +435,15 @@ impl Plan {
     /// A plan for `--dry-run`, before any responder runs.
     pub fn dry(faults: &[FaultSpec]) -> Result<Plan, spec::SpecError> {
         Plan::new(faults, NO_PORT)
+    }
+}
+
+/// A schedule as the kernel's (mode, count, threshold).
+fn schedule(when: spec::Schedule) -> (u8, u64, u64) {
+    match when {
+        spec::Schedule::Nth(n) => (SCHEDULE_NTH, n, 0),
+        spec::Schedule::Every(n) => (SCHEDULE_EVERY, n, 0),
+        spec::Schedule::P(p) => (SCHEDULE_DRAW, 0, spec::threshold(p)),
     }
 }
 

@@ -188,6 +188,10 @@ impl Report {
                     c.passed,
                     ratio(*c, acted),
                 );
+                if matches!(f.fault, FaultSpec::FdLimit(_)) && *place == "sockets" {
+                    s += "    (sockets only: this kernel runs no BPF trampolines, so files, pipes \
+                          and accepted connections are left alone)\n";
+                }
             }
         }
         if !self.syscall_errors.is_empty() {
@@ -218,7 +222,11 @@ fn verb(fault: &FaultSpec) -> &'static str {
         FaultSpec::Reset(_) => "aborted",
         FaultSpec::Dns(_) => "faked",
         FaultSpec::Pause(_) => "frozen",
-        FaultSpec::Device(_) | FaultSpec::FdLimit(_) => "failed",
+        FaultSpec::Device(_)
+        | FaultSpec::FdLimit(_)
+        | FaultSpec::File(_)
+        | FaultSpec::Nospace(_)
+        | FaultSpec::Fail(_) => "failed",
         FaultSpec::Crash(_) => "signalled",
     }
 }

@@ -220,6 +220,7 @@ impl Session {
             anyhow::bail!("{change}");
         }
         self.programs.attach_tracepoints()?;
+        self.programs.attach_hooks()?;
         Ok(())
     }
 
@@ -263,6 +264,9 @@ impl Session {
             rule.deadline_ns = deadline;
         }
         for rule in &mut self.plan.crash {
+            rule.deadline_ns = deadline;
+        }
+        for rule in &mut self.plan.call {
             rule.deadline_ns = deadline;
         }
     }
@@ -427,11 +431,7 @@ impl Session {
                 }
                 Carrier::Sock(rule) => {
                     let c = self.programs.sock_counters(rule)?;
-                    let place = match fault {
-                        FaultSpec::FdLimit(_) => "sockets",
-                        _ => "connects",
-                    };
-                    counters.insert(place, Counters::from(c));
+                    counters.insert("connects", Counters::from(c));
                 }
                 Carrier::Dns(rule) => {
                     if let Some(c) = dns_counters.as_ref().and_then(|c| c.get(rule)) {
@@ -449,6 +449,20 @@ impl Session {
                 Carrier::Crash(rule) => {
                     let c = self.programs.crash_counters(rule)?;
                     counters.insert("calls", Counters::from(c));
+                }
+                Carrier::Call(rule) => {
+                    let c = self.programs.call_counters(rule)?;
+                    counters.insert("calls", Counters::from(c));
+                }
+                Carrier::FdLimit { call, sock } => {
+                    // Where the count was kept says what the fault covered.
+                    if self.programs.fd_limit_covers_files() {
+                        let c = self.programs.call_counters(call)?;
+                        counters.insert("files", Counters::from(c));
+                    } else {
+                        let c = self.programs.sock_counters(sock)?;
+                        counters.insert("sockets", Counters::from(c));
+                    }
                 }
                 Carrier::Device(rule) => {
                     let c = self.programs.device_counters(rule)?;

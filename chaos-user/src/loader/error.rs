@@ -52,6 +52,38 @@ pub enum LoadError {
     /// The interface already runs an XDP program.
     #[error("interface {dev} already has an XDP program attached")]
     XdpBusy { dev: String },
+    /// The kernel's BTF could not be read or lacks a type the programs need.
+    #[error("read the kernel's type information (/sys/kernel/btf/vmlinux): {0}")]
+    Btf(String),
+    /// The object could not be relocated for a program chaos-user loads itself.
+    #[error("relocate the embedded eBPF object: {0}")]
+    Relocate(String),
+    /// A kernel function a hook program attaches to is not in this kernel.
+    #[error("this kernel has no function {0} to attach to")]
+    NoFunction(&'static str),
+    /// The kernel refused a program chaos-user loads itself.
+    #[error("the kernel refused to load program `{program}`{}", verifier_tail(log))]
+    HandLoad {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+        log: String,
+    },
+    /// A program chaos-user loads itself could not be linked.
+    #[error("attach `{program}` to {function}")]
+    HandAttach {
+        program: &'static str,
+        function: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path named by `path=` cannot be looked up.
+    #[error("path {path}: {source}")]
+    Path {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The kernel is too old for a program the plan needs.
     #[error("{what} needs kernel {need} or later; this is {have}")]
     KernelTooOld {
@@ -61,10 +93,25 @@ pub enum LoadError {
     },
 }
 
+const TRAMPOLINE_HINT: &str = "file, nospace, fail and fd-limit beyond sockets run as BPF LSM \
+     or modify-return programs, which need BPF trampolines (kernel 5.7+, x86_64 or arm64, not \
+     refused by a lockdown or a local policy); `chaos-user doctor` shows whether this kernel \
+     loads them";
+
+/// The last lines of a verifier log, where the reason is.
+fn verifier_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = &lines[lines.len().saturating_sub(12)..];
+    format!("\nverifier log (end):\n{}", tail.join("\n"))
+}
+
 impl Classify for LoadError {
     fn class(&self) -> Class {
         match self {
-            LoadError::TooManyRules { .. } => Class::BadInput,
+            LoadError::TooManyRules { .. } | LoadError::Path { .. } => Class::BadInput,
             _ => Class::Environment,
         }
     }
@@ -80,6 +127,18 @@ impl Classify for LoadError {
                  (in a container, run it privileged)"
                     .into(),
             ),
+            LoadError::Refused { program, .. } if program.starts_with("chaos_lsm_") => {
+                Some(TRAMPOLINE_HINT.into())
+            }
+            LoadError::HandLoad { .. } | LoadError::HandAttach { .. } => {
+                Some(TRAMPOLINE_HINT.into())
+            }
+            LoadError::NoFunction(_) => Some(
+                "file, nospace and fail need the kernel's LSM hooks (CONFIG_SECURITY, and \
+                 CONFIG_SECURITY_PATH for create, unlink and the other path operations)"
+                    .into(),
+            ),
+            LoadError::Path { .. } => Some("path= names a file or directory that exists".into()),
             LoadError::Refused { .. } => {
                 Some("`chaos-user doctor` shows which programs this kernel loads".into())
             }

@@ -2,9 +2,11 @@
 //! the plan needs, and reading the counters back.
 
 mod error;
+mod hooks;
 mod programs;
 
 pub use error::LoadError;
+pub use hooks::{HOOKS, HookKind, kernel_btf, kernel_offsets};
 pub use programs::{DnsPeers, Programs};
 
 use aya::{Ebpf, maps::MapError, programs::ProgramError, util::KernelVersion};
@@ -66,8 +68,13 @@ pub struct Needs {
     pub xdp: Option<String>,
     /// The cgroup device hook (`device`).
     pub device: bool,
-    /// The socket-creation hook (`fd-limit`).
+    /// The socket-creation hook (`fd-limit` where the file allocation hook does not run; the
+    /// loader sets it).
     pub sock_create: bool,
+    /// `fd-limit`: the file allocation hook, or socket creation where that does not run.
+    pub fd_limit: bool,
+    /// `op::*` bits the LSM hooks must see (`file`, `nospace`, `fail`).
+    pub calls: u64,
     /// The syscall-entry tracepoint (`crash`).
     pub sys_enter: bool,
     /// The syscall-exit tracepoint: the target's failed calls, for the report.

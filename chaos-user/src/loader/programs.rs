@@ -9,12 +9,13 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         CgroupAttachMode, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        ProgramError, RawTracePoint, SchedClassifier, SockOps, Xdp, XdpMode,
+        Lsm, ProgramError, RawTracePoint, SchedClassifier, SockOps, Xdp, XdpMode,
     },
 };
 use chaos_common::{
-    COUNTER_EGRESS, COUNTER_INGRESS, ErrorKey, MAX_CRASH_RULES, MAX_DEVICE_RULES, MAX_PACKET_RULES,
-    MAX_SOCK_RULES, OriginalDst, PeerKey, RuleCounters, Target,
+    COUNTER_EGRESS, COUNTER_INGRESS, ErrorKey, KernelOffsets, MAX_CALL_RULES, MAX_CRASH_RULES,
+    MAX_DEVICE_RULES, MAX_PACKET_RULES, MAX_SOCK_RULES, OriginalDst, PathKey, PeerKey,
+    RuleCounters, Target, op,
 };
 
 use crate::{
@@ -25,7 +26,10 @@ use crate::{
     undo::UndoLog,
 };
 
-use super::*;
+use super::{
+    hooks::{self, Hook, HookKind, ModifyReturn},
+    *,
+};
 
 /// The kernel programs of one session, loaded; attachments live as long as this value.
 pub struct Programs {
@@ -38,6 +42,19 @@ pub struct Programs {
     /// The interface index and the link of `xdp-drop`.
     xdp_attached: Option<(u32, aya::programs::xdp::XdpLinkId)>,
     tracepoints: Vec<&'static str>,
+    /// The LSM hooks: how they run here, and what the walk needs.
+    calls: Option<CallHooks>,
+}
+
+/// The loaded LSM hook programs of a session.
+struct CallHooks {
+    kind: HookKind,
+    hooks: Vec<&'static Hook>,
+    /// Modify-return programs, which chaos-user loads and links itself.
+    modify_return: Vec<ModifyReturn>,
+    /// `lsm` programs attached so far, through aya.
+    lsm_attached: Vec<&'static str>,
+    offsets: KernelOffsets,
 }
 
 /// The responder's view of `DNS_PEERS`: where each redirected client meant to send its query.
@@ -58,6 +75,22 @@ impl Programs {
             require_kernel("connect and dns (bpf_set_retval)", (5, 18), "5.18")?;
         }
         let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+        let mut needs = needs.clone();
+        let calls = if needs.calls != 0 || needs.fd_limit {
+            let with_files = needs.calls | if needs.fd_limit { op::FILE_ALLOC } else { 0 };
+            match load_calls(&mut ebpf, with_files) {
+                Ok(calls) => Some(calls),
+                // Without trampolines, fd-limit still fails socket creation.
+                Err(e) if needs.calls == 0 => {
+                    log::info!("fd-limit covers sockets only: {e}");
+                    needs.sock_create = true;
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
         for name in needs.programs() {
             let refused = |source| LoadError::Refused {
                 program: name,
@@ -78,12 +111,25 @@ impl Programs {
         Ok(Programs {
             ebpf,
             mode: Mode::detect(),
-            needs: needs.clone(),
+            needs,
             egress_interfaces: Vec::new(),
             cgroup_attached: Vec::new(),
             xdp_attached: None,
             tracepoints: Vec::new(),
+            calls,
         })
+    }
+
+    /// How the LSM hooks run here, if the plan has any and this kernel runs them.
+    pub fn hook_kind(&self) -> Option<HookKind> {
+        self.calls.as_ref().map(|c| c.kind)
+    }
+
+    /// Whether `fd-limit` fails every new file (else sockets only).
+    pub fn fd_limit_covers_files(&self) -> bool {
+        self.calls
+            .as_ref()
+            .is_some_and(|c| c.hooks.iter().any(|h| h.ops & op::FILE_ALLOC != 0))
     }
 
     /// Writes the rules and then the target record that makes them live.
@@ -93,12 +139,41 @@ impl Programs {
             ("connect and dns", MAX_SOCK_RULES, plan.sock.len()),
             ("device", MAX_DEVICE_RULES, plan.device.len()),
             ("crash", MAX_CRASH_RULES, plan.crash.len()),
+            (
+                "file, nospace, fail and fd-limit",
+                MAX_CALL_RULES,
+                plan.call.len(),
+            ),
         ] {
             if given > max as usize {
                 return Err(LoadError::TooManyRules { family, max, given });
             }
         }
         self.write_rules(plan)?;
+        if let Some(calls) = &self.calls {
+            let offsets = calls.offsets;
+            self.write("OFFSETS", &[offsets])?;
+            let mut keys: Vec<(PathKey, u32)> = Vec::new();
+            for (i, path) in plan.call_paths.iter().enumerate() {
+                let key = hooks::path_key(path).map_err(|source| LoadError::Path {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                match keys.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, bits)) => *bits |= 1 << i,
+                    None => keys.push((key, 1 << i)),
+                }
+            }
+            let name = "PATHS";
+            let map = self.ebpf.map_mut(name).ok_or(LoadError::Missing(name))?;
+            let mut paths: HashMap<_, PathKey, u32> =
+                HashMap::try_from(map).map_err(map_error("open", name))?;
+            for (key, bits) in keys {
+                paths
+                    .insert(key, bits, 0)
+                    .map_err(map_error("write", name))?;
+            }
+        }
         let record = Target {
             cgroup_id: target.map_or(0, |t| t.id),
             level: target.map_or(0, |t| t.level),
@@ -107,6 +182,8 @@ impl Programs {
             sock_rules: plan.sock.len() as u32,
             device_rules: plan.device.len() as u32,
             crash_rules: plan.crash.len() as u32,
+            call_rules: plan.call.len() as u32,
+            _pad: 0,
         };
         self.write("TARGET", &[record])
     }
@@ -120,6 +197,7 @@ impl Programs {
         record.sock_rules = 0;
         record.device_rules = 0;
         record.crash_rules = 0;
+        record.call_rules = 0;
         array
             .set(0, record, 0)
             .map_err(map_error("write", "TARGET"))
@@ -130,7 +208,8 @@ impl Programs {
         self.write("PACKET_RULES", &plan.packet)?;
         self.write("SOCK_RULES", &plan.sock)?;
         self.write("DEVICE_RULES", &plan.device)?;
-        self.write("CRASH_RULES", &plan.crash)
+        self.write("CRASH_RULES", &plan.crash)?;
+        self.write("CALL_RULES", &plan.call)
     }
 
     /// Writes `values` at the start of an array map.
@@ -301,6 +380,37 @@ impl Programs {
         Ok(())
     }
 
+    /// Attaches the LSM hook programs (`lsm` through aya, modify-return by hand). They filter
+    /// by cgroup themselves.
+    pub fn attach_hooks(&mut self) -> Result<(), LoadError> {
+        let Some(calls) = self.calls.as_mut() else {
+            return Ok(());
+        };
+        for program in &mut calls.modify_return {
+            program.attach()?;
+        }
+        if calls.kind == HookKind::Lsm {
+            for hook in calls.hooks.clone() {
+                if calls.lsm_attached.contains(&hook.lsm_program) {
+                    continue;
+                }
+                let prog: &mut Lsm = program(&mut self.ebpf, hook.lsm_program)?;
+                prog.attach().map_err(|source| LoadError::Attach {
+                    program: hook.lsm_program,
+                    to: format!("LSM hook {}", hook.lsm),
+                    source,
+                })?;
+                calls.lsm_attached.push(hook.lsm_program);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters of call rule `rule`, summed over CPUs.
+    pub fn call_counters(&self, rule: u32) -> Result<RuleCounters, LoadError> {
+        self.sum("CALL_COUNTERS", rule)
+    }
+
     /// The target's failed calls so far: (syscall, errno, count), summed over CPUs.
     pub fn syscall_errors(&self) -> Result<Vec<(u32, u32, u64)>, LoadError> {
         if !self.needs.sys_exit {
@@ -398,6 +508,16 @@ impl Programs {
         for tracepoint in &self.tracepoints {
             out.push(format!("raw tracepoint {tracepoint}"));
         }
+        if let Some(calls) = &self.calls {
+            for program in &calls.modify_return {
+                out.push(format!("fmod_ret {}", program.hook.function));
+            }
+            for name in &calls.lsm_attached {
+                if let Some(hook) = calls.hooks.iter().find(|h| h.lsm_program == *name) {
+                    out.push(format!("lsm {}", hook.lsm));
+                }
+            }
+        }
         out
     }
 
@@ -434,4 +554,37 @@ impl Programs {
                 expired: acc.expired + v.expired,
             }))
     }
+}
+
+/// Loads the LSM hook programs that see `ops`, of the kind this kernel runs, and reads the
+/// offsets their path walk needs.
+fn load_calls(ebpf: &mut Ebpf, ops: u64) -> Result<CallHooks, LoadError> {
+    let kind = HookKind::detect();
+    let hooks: Vec<&'static Hook> = hooks::hooks_for(ops).collect();
+    let btf = hooks::kernel_btf()?;
+    let offsets = hooks::kernel_offsets(&btf)?;
+    let mut modify_return = Vec::new();
+    match kind {
+        HookKind::ModifyReturn => {
+            modify_return = hooks::load_modify_return(OBJECT, ebpf, &btf, &hooks)?;
+        }
+        HookKind::Lsm => {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
+            for hook in &hooks {
+                let prog: &mut Lsm = program(ebpf, hook.lsm_program)?;
+                prog.load(hook.lsm, &btf)
+                    .map_err(|source| LoadError::Refused {
+                        program: hook.lsm_program,
+                        source,
+                    })?;
+            }
+        }
+    }
+    Ok(CallHooks {
+        kind,
+        hooks,
+        modify_return,
+        lsm_attached: Vec::new(),
+        offsets,
+    })
 }

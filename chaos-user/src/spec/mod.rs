@@ -36,6 +36,9 @@ pub const KINDS: &[&str] = &[
     "device",
     "fd-limit",
     "crash",
+    "file",
+    "nospace",
+    "fail",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -118,6 +121,9 @@ pub enum FaultSpec {
     Device(DeviceSpec),
     FdLimit(FdLimitSpec),
     Crash(CrashSpec),
+    File(FileSpec),
+    Nospace(NospaceSpec),
+    Fail(FailSpec),
 }
 
 impl FaultSpec {
@@ -137,6 +143,9 @@ impl FaultSpec {
             FaultSpec::Device(_) => "device",
             FaultSpec::FdLimit(_) => "fd-limit",
             FaultSpec::Crash(_) => "crash",
+            FaultSpec::File(_) => "file",
+            FaultSpec::Nospace(_) => "nospace",
+            FaultSpec::Fail(_) => "fail",
         }
     }
 
@@ -339,13 +348,13 @@ pub struct PauseSpec {
 pub struct CrashSpec {
     pub syscall: Syscall,
     pub signal: Signal,
-    pub when: CrashWhen,
+    pub when: Schedule,
 }
 
-/// Which calls of a `crash` get the signal.
+/// Which calls of a fault's kind it acts on (`crash`, `file`, `nospace`, `fail`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CrashWhen {
+pub enum Schedule {
     /// The Nth call of each process, once.
     Nth(u64),
     /// Every Nth call of each process.
@@ -380,12 +389,93 @@ impl Serialize for Signal {
     }
 }
 
-/// `fd-limit`: the target runs out of descriptors. This build fails socket creation with
-/// EMFILE (the cgroup socket hook); files and pipes need the file allocation hook, which needs
-/// BPF trampolines.
+/// `fd-limit`: the target runs out of descriptors: every new file (open, socket, pipe, accept)
+/// fails with EMFILE at the file allocation hook. Where BPF trampolines do not run, only socket
+/// creation fails (the cgroup socket hook).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FdLimitSpec {
     pub p: f64,
+}
+
+/// `file`: calls of the target doing one of `ops` on files under `path` fail with `errno`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FileSpec {
+    pub ops: Vec<FileOp>,
+    pub errno: Errno,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
+    pub when: Schedule,
+}
+
+/// What a `file` fault fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileOp {
+    Open,
+    Read,
+    Write,
+    Create,
+    Unlink,
+}
+
+impl FileOp {
+    pub const ALL: [FileOp; 5] = [
+        FileOp::Open,
+        FileOp::Read,
+        FileOp::Write,
+        FileOp::Create,
+        FileOp::Unlink,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FileOp::Open => "open",
+            FileOp::Read => "read",
+            FileOp::Write => "write",
+            FileOp::Create => "create",
+            FileOp::Unlink => "unlink",
+        }
+    }
+
+    /// The operation bit the hooks see.
+    pub fn bit(self) -> u64 {
+        use chaos_common::op;
+        match self {
+            FileOp::Open => op::OPEN,
+            FileOp::Read => op::READ,
+            FileOp::Write => op::WRITE,
+            FileOp::Create => op::CREATE,
+            FileOp::Unlink => op::UNLINK,
+        }
+    }
+}
+
+/// `nospace`: creating and writing files under `path` fails with ENOSPC, as on a full disk.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NospaceSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
+    pub when: Schedule,
+}
+
+/// `fail`: calls of one syscall (and those that share its LSM hook) fail with `errno`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailSpec {
+    pub syscall: &'static str,
+    pub errno: Errno,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
+    pub when: Schedule,
+}
+
+impl FailSpec {
+    /// The operation bits of the hook the syscall passes.
+    pub fn ops(&self) -> u64 {
+        values::FAIL_SYSCALLS
+            .iter()
+            .find(|(name, _, _)| *name == self.syscall)
+            .map_or(0, |(_, ops, _)| *ops)
+    }
 }
 
 /// `device`: opening (or creating) matching device nodes fails with `errno`.

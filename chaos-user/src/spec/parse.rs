@@ -42,6 +42,9 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "device" => &["major", "minor", "type", "access", "errno", "p"],
         "fd-limit" => &["p"],
         "crash" => &["syscall", "signal", "nth", "every", "p"],
+        "file" => &["op", "errno", "path", "nth", "every", "p"],
+        "nospace" => &["path", "nth", "every", "p"],
+        "fail" => &["syscall", "errno", "path", "nth", "every", "p"],
         _ => FILTER_KEYS,
     }
 }
@@ -141,6 +144,15 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         "fd-limit" => FaultSpec::FdLimit(FdLimitSpec {
             p: keys.probability("p", "")?,
         }),
+        "file" => FaultSpec::File(parse_file(&mut keys)?),
+        "nospace" => FaultSpec::Nospace(NospaceSpec {
+            path: keys
+                .take("path")
+                .map(|v| parse_path("path", v))
+                .transpose()?,
+            when: keys.schedule(None)?,
+        }),
+        "fail" => FaultSpec::Fail(parse_fail(&mut keys)?),
         _ => return Err(SpecError::UnknownKind(kind.to_string())),
     };
     keys.finish()?;
@@ -195,6 +207,37 @@ impl<'a> Keys<'a> {
             }
         };
         Ok((filter, flows))
+    }
+
+    /// `nth`, `every` or `p`: which calls a fault acts on. Without any: every call when
+    /// `example` is None, else the fault needs one.
+    fn schedule(&mut self, example: Option<&'static str>) -> Result<Schedule, SpecError> {
+        let count = |key: &str, v: &str| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad(key, v, "expected a count of calls from 1, such as 1000"))
+        };
+        let nth = self.take("nth").map(|v| count("nth", v)).transpose()?;
+        let every = self.take("every").map(|v| count("every", v)).transpose()?;
+        let p = self
+            .take("p")
+            .map(|v| parse_probability("p", v))
+            .transpose()?;
+        Ok(match (nth, every, p) {
+            (Some(n), None, None) => Schedule::Nth(n),
+            (None, Some(n), None) => Schedule::Every(n),
+            (None, None, Some(p)) => Schedule::P(p),
+            (None, None, None) => match example {
+                None => Schedule::P(1.0),
+                Some(example) => return Err(missing(self.kind, "nth", example)),
+            },
+            _ => {
+                return Err(SpecError::Conflict(
+                    "give one of nth, every and p: they are three ways to pick the calls".into(),
+                ));
+            }
+        })
     }
 
     fn finish(self) -> Result<(), SpecError> {
@@ -316,34 +359,80 @@ fn parse_crash(keys: &mut Keys) -> Result<CrashSpec, SpecError> {
         None => parse_signal("signal", "SIGKILL")?,
         Some(v) => parse_signal("signal", v)?,
     };
-    let count = |key: &str, v: &str| {
-        v.parse::<u64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| bad(key, v, "expected a count of calls from 1, such as 1000"))
-    };
-    let nth = keys.take("nth").map(|v| count("nth", v)).transpose()?;
-    let every = keys.take("every").map(|v| count("every", v)).transpose()?;
-    let p = keys
-        .take("p")
-        .map(|v| parse_probability("p", v))
-        .transpose()?;
-    let when = match (nth, every, p) {
-        (Some(n), None, None) => CrashWhen::Nth(n),
-        (None, Some(n), None) => CrashWhen::Every(n),
-        (None, None, Some(p)) => CrashWhen::P(p),
-        (None, None, None) => return Err(missing(keys.kind, "nth", example)),
-        _ => {
-            return Err(SpecError::Conflict(
-                "give one of nth, every and p: they are three ways to pick the calls".into(),
-            ));
-        }
-    };
+    let when = keys.schedule(Some(example))?;
     Ok(CrashSpec {
         syscall,
         signal,
         when,
     })
+}
+
+fn parse_file(keys: &mut Keys) -> Result<FileSpec, SpecError> {
+    let ops = match keys.take("op") {
+        None | Some("any") => FileOp::ALL.to_vec(),
+        Some(given) => {
+            let mut ops = Vec::new();
+            for name in given.split('+') {
+                let op = FileOp::ALL
+                    .into_iter()
+                    .find(|op| op.name() == name)
+                    .ok_or_else(|| {
+                        bad(
+                            "op",
+                            given,
+                            "expected open, read, write, create, unlink or any, or several \
+                             joined by +, such as create+write",
+                        )
+                    })?;
+                if !ops.contains(&op) {
+                    ops.push(op);
+                }
+            }
+            ops.sort();
+            ops
+        }
+    };
+    let errno = parse_errno("errno", keys.take("errno").unwrap_or("EIO"))?;
+    Ok(FileSpec {
+        ops,
+        errno,
+        path: keys
+            .take("path")
+            .map(|v| parse_path("path", v))
+            .transpose()?,
+        when: keys.schedule(None)?,
+    })
+}
+
+fn parse_fail(keys: &mut Keys) -> Result<FailSpec, SpecError> {
+    let example = "fail:syscall=fork,errno=EAGAIN";
+    let Some(syscall) = keys.take("syscall") else {
+        return Err(missing(keys.kind, "syscall", example));
+    };
+    let syscall = parse_fail_syscall("syscall", syscall)?;
+    let Some(errno) = keys.take("errno") else {
+        return Err(missing(keys.kind, "errno", example));
+    };
+    let errno = parse_errno("errno", errno)?;
+    let path = keys
+        .take("path")
+        .map(|v| parse_path("path", v))
+        .transpose()?;
+    let spec = FailSpec {
+        syscall,
+        errno,
+        path,
+        when: keys.schedule(None)?,
+    };
+    let with_path = FAIL_SYSCALLS
+        .iter()
+        .any(|(name, _, paths)| *name == syscall && *paths);
+    if spec.path.is_some() && !with_path {
+        return Err(SpecError::Conflict(format!(
+            "path= does not apply to {syscall}: its hook sees no file"
+        )));
+    }
+    Ok(spec)
 }
 
 fn parse_device(keys: &mut Keys) -> Result<DeviceSpec, SpecError> {

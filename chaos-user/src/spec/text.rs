@@ -149,11 +149,30 @@ impl fmt::Display for FaultSpec {
                     "crash:syscall={},signal={},",
                     c.syscall.name, c.signal.name
                 )?;
-                match c.when {
-                    CrashWhen::Nth(n) => write!(f, "nth={n}"),
-                    CrashWhen::Every(n) => write!(f, "every={n}"),
-                    CrashWhen::P(p) => write!(f, "p={p}"),
+                write!(f, "{}", c.when)
+            }
+            FaultSpec::File(file) => {
+                let ops: Vec<&str> = file.ops.iter().map(|op| op.name()).collect();
+                let ops = if file.ops.len() == FileOp::ALL.len() {
+                    "any".to_string()
+                } else {
+                    ops.join("+")
+                };
+                write!(f, "file:op={ops},errno={}", file.errno.name)?;
+                write_path(f, file.path.as_deref())?;
+                write!(f, ",{}", file.when)
+            }
+            FaultSpec::Nospace(n) => {
+                f.write_str("nospace:")?;
+                if let Some(path) = &n.path {
+                    write!(f, "path={},", path.display())?;
                 }
+                write!(f, "{}", n.when)
+            }
+            FaultSpec::Fail(fail) => {
+                write!(f, "fail:syscall={},errno={}", fail.syscall, fail.errno.name)?;
+                write_path(f, fail.path.as_deref())?;
+                write!(f, ",{}", fail.when)
             }
             FaultSpec::Device(dev) => {
                 write!(f, "device:major={}", dev.major)?;
@@ -184,6 +203,23 @@ impl fmt::Display for FaultSpec {
                 write!(f, "xdp-drop:dev={},p={}", x.dev, x.p)?;
                 write_filter(f, &x.filter, x.flows)
             }
+        }
+    }
+}
+
+fn write_path(f: &mut fmt::Formatter<'_>, path: Option<&std::path::Path>) -> fmt::Result {
+    match path {
+        Some(path) => write!(f, ",path={}", path.display()),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Nth(n) => write!(f, "nth={n}"),
+            Schedule::Every(n) => write!(f, "every={n}"),
+            Schedule::P(p) => write!(f, "p={p}"),
         }
     }
 }

@@ -381,6 +381,115 @@ pub fn parse_syscall(key: &str, value: &str) -> Result<Syscall, SpecError> {
         })
 }
 
+/// The syscalls `fail` can fail: each with the operation bits of the LSM hook its work passes,
+/// and whether that hook sees a path (so that `path=` applies). Syscalls that share a hook
+/// fail together: naming `fork` fails clone and new threads too.
+pub const FAIL_SYSCALLS: &[(&str, u64, bool)] = {
+    use chaos_common::op::*;
+    &[
+        ("open", OPEN, true),
+        ("openat", OPEN, true),
+        ("openat2", OPEN, true),
+        ("creat", CREATE, true),
+        ("mknod", CREATE, true),
+        ("mknodat", CREATE, true),
+        ("read", READ, true),
+        ("readv", READ, true),
+        ("pread64", READ, true),
+        ("preadv", READ, true),
+        ("write", WRITE, true),
+        ("writev", WRITE, true),
+        ("pwrite64", WRITE, true),
+        ("pwritev", WRITE, true),
+        ("unlink", UNLINK, true),
+        ("unlinkat", UNLINK, true),
+        ("fork", TASK_ALLOC, false),
+        ("vfork", TASK_ALLOC, false),
+        ("clone", TASK_ALLOC, false),
+        ("clone3", TASK_ALLOC, false),
+        ("mmap", MMAP, false),
+        ("mprotect", MPROTECT, false),
+        ("ioctl", IOCTL, true),
+        ("rename", RENAME, true),
+        ("renameat", RENAME, true),
+        ("renameat2", RENAME, true),
+        ("mkdir", MKDIR, true),
+        ("mkdirat", MKDIR, true),
+        ("rmdir", RMDIR, true),
+        ("link", LINK, true),
+        ("linkat", LINK, true),
+        ("symlink", SYMLINK, true),
+        ("symlinkat", SYMLINK, true),
+        ("chmod", CHMOD, true),
+        ("fchmod", CHMOD, true),
+        ("fchmodat", CHMOD, true),
+        ("chown", CHOWN, true),
+        ("fchown", CHOWN, true),
+        ("lchown", CHOWN, true),
+        ("fchownat", CHOWN, true),
+        ("truncate", TRUNCATE, true),
+        ("flock", LOCK, true),
+        ("bind", BIND, false),
+        ("listen", LISTEN, false),
+        ("accept", ACCEPT, false),
+        ("accept4", ACCEPT, false),
+        ("sendmsg", SENDMSG, false),
+        ("sendto", SENDMSG, false),
+        ("sendmmsg", SENDMSG, false),
+        ("recvmsg", RECVMSG, false),
+        ("recvfrom", RECVMSG, false),
+        ("recvmmsg", RECVMSG, false),
+        ("kill", KILL, false),
+        ("tkill", KILL, false),
+        ("tgkill", KILL, false),
+        ("setuid", SETUID, false),
+        ("setreuid", SETUID, false),
+        ("setresuid", SETUID, false),
+        ("setfsuid", SETUID, false),
+        ("setgid", SETGID, false),
+        ("setregid", SETGID, false),
+        ("setresgid", SETGID, false),
+        ("setfsgid", SETGID, false),
+    ]
+};
+
+/// A syscall `fail` can fail, by name.
+pub fn parse_fail_syscall(key: &str, value: &str) -> Result<&'static str, SpecError> {
+    if let Some((name, _, _)) = FAIL_SYSCALLS.iter().find(|(name, _, _)| *name == value) {
+        return Ok(name);
+    }
+    let known = SYSCALLS.iter().any(|(name, _)| *name == value);
+    Err(bad(
+        key,
+        value,
+        if known {
+            format!(
+                "{value} passes no LSM hook, and fail works only at those (this kernel has no \
+                 function error injection); it takes {}",
+                FAIL_SYSCALLS
+                    .iter()
+                    .map(|(n, _, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            "expected a syscall by name, such as fork, mmap, rename, bind or setuid".to_string()
+        },
+    ))
+}
+
+/// An absolute path, as written (it is looked up when the session starts).
+pub fn parse_path(key: &str, value: &str) -> Result<std::path::PathBuf, SpecError> {
+    if !value.starts_with('/') {
+        return Err(bad(
+            key,
+            value,
+            "expected an absolute path, such as /var/lib/app",
+        ));
+    }
+    Ok(std::path::PathBuf::from(value))
+}
+
 /// Signals by name.
 const SIGNALS: &[(&str, i32)] = &[
     ("SIGHUP", libc::SIGHUP),
