@@ -432,6 +432,18 @@ impl Plan {
         Programs::load(&self.needs)
     }
 
+    /// Fails with the first `path=` that cannot be looked up: refused as bad input before
+    /// anything is loaded.
+    pub fn check_paths(&self) -> Result<(), LoadError> {
+        for path in &self.call_paths {
+            std::fs::metadata(path).map_err(|source| LoadError::Path {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// A plan for `--dry-run`, before any responder runs.
     pub fn dry(faults: &[FaultSpec]) -> Result<Plan, spec::SpecError> {
         Plan::new(faults, NO_PORT)

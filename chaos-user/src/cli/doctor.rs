@@ -117,6 +117,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
         netem: Finding::from_result(crate::tc::probe_qdisc("netem")),
     };
     let tc = if features.tcx { "tcx" } else { "clsact qdisc" };
+    let hooks = loader::probe_hooks().map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+    let hook_kind = match &hooks {
+        Ok(kind) => kind.name(),
+        Err(_) => "lsm or fmod_ret programs",
+    };
     let sock_diag = crate::cgroup::mount_point()
         .map_err(|e| e.to_string())
         .and_then(|m| crate::cgroup::Cgroup::of_process(&m, "self").map_err(|e| e.to_string()))
@@ -185,12 +190,46 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             "raw tracepoint sys_enter with bpf_send_signal and atomic counts".into(),
             [loads("chaos_sys_enter")],
         ),
+        match &hooks {
+            Ok(kind) => fault(
+                "fd-limit",
+                format!(
+                    "{} on file_alloc_security: every new file (open, socket, pipe, accept) \
+                     fails with EMFILE",
+                    kind.name()
+                ),
+                [Ok(())],
+            ),
+            Err(why) => fault(
+                "fd-limit",
+                format!(
+                    "sockets only: cgroup sock_create with bpf_set_retval (files, pipes and \
+                     accepted connections need the file allocation hook, which needs BPF \
+                     trampolines: {why})"
+                ),
+                [loads("chaos_sock_create")],
+            ),
+        },
         fault(
-            "fd-limit",
-            "sockets only: cgroup sock_create with bpf_set_retval (files and pipes need the file \
-             allocation hook, not in this build)"
-                .into(),
-            [loads("chaos_sock_create")],
+            "file",
+            format!(
+                "{hook_kind} on file_open, file_permission, path_mknod and path_unlink; path= \
+                 matched by walking the dentries, with struct offsets from the kernel's BTF"
+            ),
+            [hooks.clone().map(|_| ())],
+        ),
+        fault(
+            "nospace",
+            format!("{hook_kind} on path_mknod and file_permission, failing with ENOSPC"),
+            [hooks.clone().map(|_| ())],
+        ),
+        fault(
+            "fail",
+            format!(
+                "{hook_kind} on the LSM hook each syscall passes (task_alloc for fork and \
+                 clone, mmap_file, path_rename, socket_bind, ...)"
+            ),
+            [hooks.clone().map(|_| ())],
         ),
         fault(
             "device",

@@ -17,8 +17,8 @@ use crate::{
 
 pub(super) fn main(args: InjectArgs) -> Result<i32> {
     let (faults, duration) = args.faults.parse()?;
-    // Refused here, before anything is looked up or loaded.
-    Plan::dry(&faults)?;
+    // Refused here, before anything is loaded.
+    Plan::dry(&faults)?.check_paths()?;
     let target = match args.cgroup.as_deref() {
         Some(path) if path.trim().is_empty() => {
             return Err(crate::error::UsageError {
@@ -153,7 +153,7 @@ struct DryRun {
 /// Loads and verifies the programs the faults need and says where they would go.
 fn dry_run(args: &InjectArgs, target: Option<Cgroup>, faults: &[FaultSpec]) -> Result<i32> {
     let plan = Plan::dry(faults)?;
-    plan.load()?;
+    let programs = plan.load()?;
     let mut would_attach = Vec::new();
     if plan.fq {
         crate::tc::check_fq()?;
@@ -168,7 +168,7 @@ fn dry_run(args: &InjectArgs, target: Option<Cgroup>, faults: &[FaultSpec]) -> R
             ));
         }
     }
-    for name in plan.needs.programs() {
+    for name in programs.needs().programs() {
         let Some(&(_, hook)) = loader::PROGRAMS.iter().find(|(n, _)| *n == name) else {
             continue;
         };
@@ -187,6 +187,12 @@ fn dry_run(args: &InjectArgs, target: Option<Cgroup>, faults: &[FaultSpec]) -> R
             (None, _) => {}
         }
     }
+    would_attach.extend(
+        programs
+            .hook_attachments()
+            .into_iter()
+            .map(|h| format!("{h} (every process's calls; it acts on the target's)")),
+    );
     if let (true, Some(t)) = (
         faults.iter().any(|f| matches!(f, FaultSpec::Pause(_))),
         &target,

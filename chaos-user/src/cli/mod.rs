@@ -148,6 +148,7 @@ impl FaultArgs {
             .transpose()?;
         // Faults that parse alone but not together (too many, two interfaces for XDP).
         let plan = crate::session::Plan::dry(&faults)?;
+        plan.check_paths()?;
         if let Some(dev) = &plan.needs.xdp {
             if !crate::loader::interfaces().iter().any(|i| &i.name == dev) {
                 return Err(UsageError {

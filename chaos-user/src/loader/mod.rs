@@ -217,6 +217,14 @@ pub fn interfaces() -> Vec<Interface> {
     found
 }
 
+/// Loads the `file_open` hook program of the kind this kernel runs, attaching nothing: what
+/// `file`, `nospace`, `fail` and `fd-limit` beyond sockets need.
+pub fn probe_hooks() -> Result<HookKind, LoadError> {
+    check_ready()?;
+    let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+    programs::probe_calls(&mut ebpf)
+}
+
 /// Loads one program of the object alone, attaching nothing, to see whether this kernel takes it.
 pub fn probe(name: &'static str) -> Result<(), LoadError> {
     check_ready()?;

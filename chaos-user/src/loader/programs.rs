@@ -120,6 +120,27 @@ impl Programs {
         })
     }
 
+    /// The programs this session loads, as this kernel decided (`fd-limit` may fall back to
+    /// the socket hook).
+    pub fn needs(&self) -> &Needs {
+        &self.needs
+    }
+
+    /// Where the LSM hook programs go (attached or not yet).
+    pub fn hook_attachments(&self) -> Vec<String> {
+        let Some(calls) = &self.calls else {
+            return Vec::new();
+        };
+        calls
+            .hooks
+            .iter()
+            .map(|h| match calls.kind {
+                HookKind::Lsm => format!("lsm {}", h.lsm),
+                HookKind::ModifyReturn => format!("fmod_ret {}", h.function),
+            })
+            .collect()
+    }
+
     /// How the LSM hooks run here, if the plan has any and this kernel runs them.
     pub fn hook_kind(&self) -> Option<HookKind> {
         self.calls.as_ref().map(|c| c.kind)
@@ -554,6 +575,11 @@ impl Programs {
                 expired: acc.expired + v.expired,
             }))
     }
+}
+
+/// Loads the `file_open` hook program alone, for `doctor`.
+pub(super) fn probe_calls(ebpf: &mut Ebpf) -> Result<HookKind, LoadError> {
+    load_calls(ebpf, op::OPEN).map(|calls| calls.kind)
 }
 
 /// Loads the LSM hook programs that see `ops`, of the kind this kernel runs, and reads the
