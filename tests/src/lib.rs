@@ -43,6 +43,26 @@ pub fn root_or_skip() -> bool {
     false
 }
 
+/// What `chaos-user doctor` says of one fault kind: `{"kind", "available", "how", "reason"}`.
+pub fn doctor_finding(kind: &str) -> serde_json::Value {
+    let (status, stdout, stderr) = run(chaos_user().args(["doctor", "--json", "-"]));
+    assert!(status.success(), "doctor: {stderr}");
+    let doctor: serde_json::Value = serde_json::from_str(&stdout).expect("doctor JSON");
+    doctor["faults"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["kind"] == kind))
+        .unwrap_or_else(|| panic!("doctor lists {kind}"))
+        .clone()
+}
+
+/// The kind of LSM hook programs the VM lane runs this batch with (`CHAOS_EXPECT_HOOKS`:
+/// `lsm` or `fmod_ret`), if it says.
+pub fn expected_hooks() -> Option<String> {
+    std::env::var("CHAOS_EXPECT_HOOKS")
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
 /// The chaos-user binary under test (`CHAOS_USER_BIN`, set by the runner).
 pub fn chaos_user_bin() -> PathBuf {
     std::env::var_os("CHAOS_USER_BIN")

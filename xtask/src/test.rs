@@ -53,6 +53,43 @@ const GUEST_TESTS: &[&str] = &[
     "crash_kills_on_exactly_the_nth_call",
     "crash_every_nth_call_is_exact_across_threads",
 ];
+/// The tests of the LSM hook faults, which the VM lane runs in both of its hook batches.
+const HOOK_TESTS: &[&str] = &[
+    "file_open_fails_under_the_path_inside_only_whatever_the_name",
+    "nospace_fails_create_and_write_as_a_full_disk_would",
+    "sqlite3_reports_a_disk_io_error_when_writes_fail",
+    "nth_and_every_count_each_process_s_calls_exactly",
+    "fd_limit_fails_files_pipes_and_sockets_inside_only",
+    "fail_fails_fork_and_mkdir_with_the_chosen_errno",
+    "sigkill_leaves_no_hook_program_behind",
+];
+
+/// One boot of the guest: its kernel command line, the hook programs its LSM list calls for,
+/// and the tests it runs.
+struct GuestBatch {
+    name: &'static str,
+    append: Option<&'static str>,
+    hooks: &'static str,
+    tests: Vec<&'static str>,
+}
+
+fn guest_batches() -> Vec<GuestBatch> {
+    vec![
+        GuestBatch {
+            name: "guest kernel 6.1",
+            append: None,
+            hooks: "lsm",
+            tests: GUEST_TESTS.iter().chain(HOOK_TESTS).copied().collect(),
+        },
+        GuestBatch {
+            name: "guest 6.1, no BPF LSM",
+            // Debian's list without `bpf`: lsm programs load but never run, as on Ubuntu.
+            append: Some("lsm=lockdown,capability,landlock,yama,apparmor"),
+            hooks: "fmod_ret",
+            tests: HOOK_TESTS.to_vec(),
+        },
+    ]
+}
 /// A guest that has not finished the batch by then is killed and counted as a failure.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -93,10 +130,16 @@ pub fn run(options: Options) -> Result<i32> {
     } else {
         None
     };
-    let guest = if options.guest {
-        Some(guest_tests(&args, &options.filters))
+    let guests: Vec<(&str, Tally)> = if options.guest {
+        guest_batches()
+            .into_iter()
+            .filter_map(|batch| {
+                let tally = guest_tests(&args, &options.filters, &batch)?;
+                Some((batch.name, tally))
+            })
+            .collect()
     } else {
-        None
+        Vec::new()
     };
 
     eprintln!();
@@ -107,8 +150,11 @@ pub fn run(options: Options) -> Result<i32> {
     let mut passed = unit.passed;
     let mut failed = unit.failed;
     let mut skipped = 0;
-    for (kernel, tally) in [("host kernel", &host), ("guest kernel 6.1", &guest)] {
-        let Some(tally) = tally else { continue };
+    let lanes = host
+        .iter()
+        .map(|t| ("host kernel", t))
+        .chain(guests.iter().map(|(name, t)| (*name, t)));
+    for (kernel, tally) in lanes {
         eprintln!(
             "{kernel:<21} {} passed, {} failed, {} skipped",
             tally.passed,
@@ -125,9 +171,9 @@ pub fn run(options: Options) -> Result<i32> {
         failed += tally.failed;
         skipped += tally.skipped.len();
     }
-    if let (Some(host), Some(guest)) = (&host, &guest) {
+    if let (Some(host), false) = (&host, guests.is_empty()) {
         for (test, _) in &host.skipped {
-            let ran_in_guest = guest.ran.contains(test);
+            let ran_in_guest = guests.iter().any(|(_, g)| g.ran.contains(test));
             if !ran_in_guest {
                 eprintln!("  FAILED {test}: runs on neither kernel");
                 failed += 1;
@@ -181,34 +227,54 @@ fn host_tests(args: &privileged::Args) -> Result<Tally> {
     Ok(serde_json::from_slice(&text)?)
 }
 
-/// The guest batch: one boot, the runner inside; a guest that fails counts as a failure.
-fn guest_tests(args: &privileged::Args, filters: &[String]) -> Tally {
+/// One guest batch: one boot, the runner inside; a guest that fails counts as a failure. None
+/// when the filters leave the batch nothing to run.
+fn guest_tests(args: &privileged::Args, filters: &[String], batch: &GuestBatch) -> Option<Tally> {
     let mut guest_args = args.clone();
     guest_args.filters = if filters.is_empty() {
-        GUEST_TESTS.iter().map(|t| t.to_string()).collect()
+        batch.tests.iter().map(|t| t.to_string()).collect()
     } else {
-        filters.to_vec()
+        let chosen: Vec<String> = filters
+            .iter()
+            .filter(|f| batch.tests.iter().any(|t| t.contains(f.as_str())))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
+            return None;
+        }
+        chosen
     };
-    let tally_file = util::root().join("target/xtask-guest-tally.json");
+    let tally_file = util::root().join(format!("target/xtask-guest-tally-{}.json", batch.hooks));
     let failed = |why: String| Tally {
         failed: 1,
         failures: vec![format!("guest: {why}")],
         ..Tally::default()
     };
     if tally_file.exists() && std::fs::remove_file(&tally_file).is_err() {
-        return failed(format!("cannot remove the old {}", tally_file.display()));
+        return Some(failed(format!(
+            "cannot remove the old {}",
+            tally_file.display()
+        )));
     }
+    eprintln!(
+        "xtask: {}: {} test(s)",
+        batch.name,
+        guest_args.filters.len()
+    );
     let result = Guest::prepare().and_then(|guest| {
+        // The tests of the hook faults check that the lane runs the kind they expect.
         let mut command = vec![
+            "/usr/bin/env".to_string(),
+            format!("CHAOS_EXPECT_HOOKS={}", batch.hooks),
             std::env::current_exe()?.display().to_string(),
             "privileged".into(),
         ];
         command.extend(guest_args.to_cli());
         command.push("--tally".into());
         command.push(tally_file.display().to_string());
-        guest.run(&command, None, CgroupLayout::V2, GUEST_TIMEOUT)
+        guest.run(&command, batch.append, CgroupLayout::V2, GUEST_TIMEOUT)
     });
-    match result {
+    Some(match result {
         Err(e) => failed(format!("{e:#}")),
         Ok(status) => match std::fs::read(&tally_file).map(|t| serde_json::from_slice::<Tally>(&t))
         {
@@ -217,7 +283,7 @@ fn guest_tests(args: &privileged::Args, filters: &[String]) -> Tally {
                 "the runner in the guest exited with {status} and wrote no tally"
             )),
         },
-    }
+    })
 }
 
 #[derive(Default)]

@@ -12,6 +12,11 @@
 //!   number of each call before making it, and at the end `{"calls":N,"signals":S}`, S being
 //!   the SIGRTMIN+1 signals that arrived.
 //! - `open PATH`: opens PATH for reading; prints `{"ok":true}` or the errno.
+//! - `open-n PATH N`: opens PATH N times, one after another; prints each call's errno (0 for
+//!   success) as `{"errnos":[...]}`.
+//! - `after-line WHAT`: waits for a line on stdin (so that it can start before a fault is
+//!   armed), then does WHAT and prints the errno of each call (0 for success): `files` tries
+//!   open, pipe and socket; `fork` forks once.
 //! - `sleep-loop COUNT MS`: COUNT sleeps of MS milliseconds; prints the seconds they took.
 //! - `udp-flows ADDR FLOWS COUNT`: COUNT datagrams from each of FLOWS sockets, round robin.
 //! - `dns-query SERVER NAME MODE`: one A query to SERVER (ADDR:PORT) over `udp` (a connected
@@ -69,6 +74,18 @@ fn main() {
             Ok(_) => println!("{{\"ok\":true}}"),
             Err(e) => println!("{{\"errno\":{}}}", e.raw_os_error().unwrap_or(-1)),
         },
+        "open-n" => {
+            let count: u32 = arg(2).parse().unwrap_or_else(|_| usage());
+            let errnos: Vec<String> = (0..count)
+                .map(|_| {
+                    std::fs::File::open(arg(1))
+                        .map_or_else(|e| e.raw_os_error().unwrap_or(-1), |_| 0)
+                        .to_string()
+                })
+                .collect();
+            println!("{{\"errnos\":[{}]}}", errnos.join(","));
+        }
+        "after-line" => after_line(arg(1)),
         "sleep-loop" => {
             let count: u32 = arg(1).parse().unwrap_or_else(|_| usage());
             let ms: u64 = arg(2).parse().unwrap_or_else(|_| usage());
@@ -92,11 +109,56 @@ fn main() {
 fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
-         | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | open PATH | getppid-loop COUNT THREADS | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
+         | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | open PATH | open-n PATH N \
+         | after-line files|fork | getppid-loop COUNT THREADS | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | dns-query SERVER NAME udp|udp-unconnected|tcp \
          | demo TCP_ADDR PINGS BYTES"
     );
     std::process::exit(2);
+}
+
+/// The errno of a libc call that returns -1 on failure, or 0.
+fn errno_of(result: libc::c_int) -> i32 {
+    if result < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    }
+}
+
+fn after_line(what: &str) {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("read stdin");
+    match what {
+        "files" => {
+            // SAFETY: plain calls with valid arguments; the descriptors are left to the exit.
+            let (open, pipe, socket) = unsafe {
+                let mut fds = [0; 2];
+                (
+                    errno_of(libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY)),
+                    errno_of(libc::pipe(fds.as_mut_ptr())),
+                    errno_of(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0)),
+                )
+            };
+            println!("{{\"open\":{open},\"pipe\":{pipe},\"socket\":{socket}}}");
+        }
+        "fork" => {
+            // SAFETY: the child only calls _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: ends the child at once.
+                unsafe { libc::_exit(0) };
+            }
+            let fork = if pid < 0 { errno_of(-1) } else { 0 };
+            if pid > 0 {
+                let mut status = 0;
+                // SAFETY: reaps the child just made.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+            println!("{{\"fork\":{fork}}}");
+        }
+        _ => usage(),
+    }
 }
 
 fn udp_send(to: &str, count: u32, interval_us: u64) {
