@@ -211,7 +211,9 @@ fn nospace_fails_create_and_write_as_a_full_disk_would() {
         !ok && stderr.contains("No space left on device"),
         "cp: {stderr}"
     );
-    let append = format!("open('{}', 'a').write('more')", log.display());
+    // Closed inside the program: a buffered write that first meets the disk at exit fails
+    // without a word.
+    let append = format!("with open('{}', 'a') as f: f.write('more')", log.display());
     let (ok, _, stderr) = run_in(
         Some(&target),
         Command::new("/usr/bin/python3").args(["-c", &append]),
