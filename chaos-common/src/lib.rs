@@ -269,7 +269,10 @@ pub struct CrashRule {
     pub signal: u32,
     /// One of the `SCHEDULE_*` modes.
     pub mode: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// As `CallRule::path_bit`: only calls on a descriptor (the first argument) of a file
+    /// under that path.
+    pub path_bit: u32,
 }
 
 /// Operations that the LSM hooks see (`CallRule::ops` bits). One hook may serve several: the
@@ -319,13 +322,15 @@ pub struct CallRule {
     pub count: u64,
     /// `op::*` bits.
     pub ops: u64,
-    /// Positive; the hook returns its negation.
+    /// Positive; the hook returns its negation. 0 with `signal` set: the call goes on.
     pub errno: u32,
     /// Bit `1 << k` of the masks in `PATHS` that this rule's prefix sets; 0 for every path.
     pub path_bit: u32,
+    /// `crash` with `path=`: the signal sent to the calling process instead of an errno.
+    pub signal: u32,
     /// One of the `SCHEDULE_*` modes.
     pub mode: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 
 /// Key of `PATHS`: a directory (or file) by device and inode number, as `stat` shows them
@@ -360,6 +365,12 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
+    /// `struct task_struct`: `files`; `struct files_struct`: `fdt`; `struct fdtable`:
+    /// `max_fds`, `fd` (a descriptor's file, for `crash` with `path=`).
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
     /// Nonzero once the user side has filled the record in.
     pub valid: u32,
 }
@@ -446,7 +457,7 @@ pub struct RuleCounters {
 const _: () = assert!(core::mem::size_of::<Target>() == 40);
 const _: () = assert!(core::mem::size_of::<CallRule>() == 48);
 const _: () = assert!(core::mem::size_of::<PathKey>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
 const _: () = assert!(core::mem::size_of::<DeviceRule>() == 32);
 const _: () = assert!(core::mem::size_of::<CrashRule>() == 40);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 8);

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use chaos_common::{ErrorKey, MAX_CRASH_RULES};
 
 use crate::{
-    count,
+    count, hooks,
     maps::{CRASH_COUNTERS, CRASH_RULES, SYSCALL_ERRORS, TARGET},
     now, scheduled,
 };
@@ -44,6 +44,9 @@ pub fn chaos_sys_enter(ctx: RawTracePointContext) -> i32 {
         if u64::from(rule.syscall) != syscall {
             continue;
         }
+        if rule.path_bit != 0 && under_paths(ctx.arg(0)) & rule.path_bit == 0 {
+            continue;
+        }
         let live = now < rule.deadline_ns;
         let act = live && scheduled(rule.mode, rule.threshold, rule.count, i);
         count(CRASH_COUNTERS.get_ptr_mut(i), live, act);
@@ -54,6 +57,39 @@ pub fn chaos_sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     0
+}
+
+/// The `path=` bits of the file behind the call's first argument, a descriptor.
+#[inline(never)]
+fn under_paths(regs: *const pt_regs) -> u32 {
+    let Some(fd) = first_argument(regs) else {
+        return 0;
+    };
+    let off = hooks::offsets();
+    if off.valid == 0 {
+        return 0;
+    }
+    let start = hooks::of_file(hooks::file_of_fd(fd, &off), &off);
+    if start.dentry == 0 {
+        return 0;
+    }
+    hooks::prefixes(start.dentry, start.mnt)
+}
+
+/// The first argument of the syscall being entered, from the saved registers.
+#[inline(always)]
+fn first_argument(regs: *const pt_regs) -> Option<u64> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // SAFETY: the tracepoint's first argument is the task's saved registers; the helper
+        // reads them safely whatever they hold.
+        unsafe { bpf_probe_read_kernel(&(*regs).rdi) }.ok()
+    }
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    {
+        let _ = regs;
+        None
+    }
 }
 
 /// What the target then does: every failed call of its processes, counted by syscall and

@@ -1,5 +1,6 @@
 //! `file`, `nospace`, `fd-limit` (files) and `fail`: calls of the target fail with an errno at
-//! the LSM hook their work passes through, before the kernel does it.
+//! the LSM hook their work passes through, before the kernel does it. `crash` with `path=`
+//! sends its signal from the same hooks.
 //!
 //! Every hook exists twice: as an `lsm` program, which runs where the BPF LSM is in the active
 //! LSM list, and as a modify-return program on the kernel's `security_*` function, which runs
@@ -17,7 +18,9 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, bpf_send_signal,
+};
 use chaos_common::{CALL_COUNT_BASE, KernelOffsets, MAX_CALL_RULES, MAX_PATH_DEPTH, PathKey, op};
 
 use crate::{
@@ -51,16 +54,16 @@ fn field(base: u64, offset: u32) -> u64 {
 
 /// Where a walk starts: a dentry and the `vfsmount` it was reached through (0 if unknown).
 #[derive(Clone, Copy)]
-struct Start {
-    dentry: u64,
-    mnt: u64,
+pub struct Start {
+    pub dentry: u64,
+    pub mnt: u64,
 }
 
 const NO_PATH: Start = Start { dentry: 0, mnt: 0 };
 
 /// The object of a `struct file *`.
 #[inline(always)]
-fn of_file(file: u64, off: &KernelOffsets) -> Start {
+pub fn of_file(file: u64, off: &KernelOffsets) -> Start {
     of_path(
         if file == 0 {
             0
@@ -102,7 +105,7 @@ struct Walk {
 /// The steps are written out rather than looped: kernels before 6.4 refuse a loop whose back
 /// edge is a fall-through, which is how the compiler lays this one out.
 #[inline(never)]
-fn prefixes(dentry: u64, mnt: u64) -> u32 {
+pub fn prefixes(dentry: u64, mnt: u64) -> u32 {
     let Some(off) = OFFSETS.get(0) else {
         return 0;
     };
@@ -222,6 +225,12 @@ fn decide(op: u64, start: Start) -> i32 {
         let live = now < rule.deadline_ns;
         let act = live && scheduled(rule.mode, rule.threshold, rule.count, CALL_COUNT_BASE + i);
         count(CALL_COUNTERS.get_ptr_mut(i), live, act);
+        if act && rule.signal != 0 {
+            // SAFETY: a plain helper call: the signal goes to the calling process, and the
+            // call goes on.
+            unsafe { bpf_send_signal(rule.signal) };
+            return 0;
+        }
         let errno = rule.errno;
         if !act || errno == 0 || errno > 4095 {
             return 0;
@@ -231,9 +240,27 @@ fn decide(op: u64, start: Start) -> i32 {
     0
 }
 
+/// The file behind descriptor `fd` of the calling process; 0 if none.
+#[inline(always)]
+pub fn file_of_fd(fd: u64, off: &KernelOffsets) -> u64 {
+    // SAFETY: a plain helper call without arguments.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() };
+    let fdt = field(field(task, off.task_files), off.files_fdt);
+    if fdt == 0 {
+        return 0;
+    }
+    // SAFETY: the helper reads kernel memory safely whatever the address.
+    let max: u32 =
+        unsafe { bpf_probe_read_kernel((fdt + off.fdt_max_fds as u64) as *const u32) }.unwrap_or(0);
+    if fd >= u64::from(max) {
+        return 0;
+    }
+    field(field(fdt, off.fdt_fd), (fd * 8) as u32)
+}
+
 /// The offsets record, or a zeroed one (then no walk runs and path rules never match).
 #[inline(always)]
-fn offsets() -> KernelOffsets {
+pub fn offsets() -> KernelOffsets {
     OFFSETS.get(0).copied().unwrap_or_default()
 }
 

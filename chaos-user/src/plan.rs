@@ -50,7 +50,8 @@ pub struct Plan {
     pub device: Vec<DeviceRule>,
     pub crash: Vec<CrashRule>,
     pub call: Vec<CallRule>,
-    /// The `path=` prefixes of the call rules: rule bit `1 << i` stands for `call_paths[i]`.
+    /// The `path=` prefixes of the call and crash rules: bit `1 << i` stands for
+    /// `call_paths[i]`.
     pub call_paths: Vec<std::path::PathBuf>,
     /// For each fault, in order, where it lives.
     pub carriers: Vec<Carrier>,
@@ -282,9 +283,24 @@ impl Plan {
                     fail.when,
                 ));
             }
+            FaultSpec::Crash(c)
+                if c.path.is_some() && !spec::FD_SYSCALLS.contains(&c.syscall.name) =>
+            {
+                let ops = spec::FAIL_SYSCALLS
+                    .iter()
+                    .find(|(name, _, _)| *name == c.syscall.name)
+                    .map_or(0, |(_, ops, _)| *ops);
+                let carrier = self.add_call(ops, 0, c.path.as_deref(), c.when);
+                if let Some(rule) = self.call.last_mut() {
+                    rule.signal = c.signal.number;
+                }
+                return Ok(carrier);
+            }
             FaultSpec::Crash(c) => {
                 let (mode, count, threshold) = schedule(c.when);
+                let path_bit = c.path.as_deref().map_or(0, |p| self.path_bit(p));
                 self.crash.push(CrashRule {
+                    path_bit,
                     threshold,
                     count,
                     syscall: c.syscall.number,
@@ -355,6 +371,20 @@ impl Plan {
         Ok(Carrier::Packet(self.packet.len() as u32 - 1))
     }
 
+    /// The bit that stands for `path` in the kernel's path masks (beyond the last bit, 0: the
+    /// count of paths is checked once all faults are in).
+    fn path_bit(&mut self, path: &std::path::Path) -> u32 {
+        let at = match self.call_paths.iter().position(|p| p == path) {
+            Some(at) => at,
+            None => {
+                self.call_paths.push(path.to_path_buf());
+                self.call_paths.len() - 1
+            }
+        };
+        self.needs.paths = true;
+        1u32.checked_shl(at as u32).unwrap_or(0)
+    }
+
     /// A rule of the LSM hooks.
     fn add_call(
         &mut self,
@@ -363,19 +393,7 @@ impl Plan {
         path: Option<&std::path::Path>,
         when: spec::Schedule,
     ) -> Carrier {
-        let path_bit = match path {
-            None => 0,
-            Some(path) => {
-                let at = match self.call_paths.iter().position(|p| p == path) {
-                    Some(at) => at,
-                    None => {
-                        self.call_paths.push(path.to_path_buf());
-                        self.call_paths.len() - 1
-                    }
-                };
-                1u32.checked_shl(at as u32).unwrap_or(0)
-            }
-        };
+        let path_bit = path.map_or(0, |p| self.path_bit(p));
         let (mode, count, threshold) = schedule(when);
         self.call.push(CallRule {
             threshold,

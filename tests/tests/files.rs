@@ -8,6 +8,7 @@
 
 use std::{
     io::Write as _,
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -411,6 +412,40 @@ fn fail_fails_fork_and_mkdir_with_the_chosen_errno() {
     assert_eq!(r["faults"][1]["calls"]["injected"], 1, "{r}");
     let errors = r["syscall_errors"].to_string();
     assert!(errors.contains("EROFS"), "the target's own view: {errors}");
+}
+
+#[test]
+fn crash_on_open_under_a_path_signals_from_the_hook() {
+    if hook_lane().is_none() {
+        return;
+    }
+    let dir = TestDir::new("crash-open");
+    let other = TestDir::new("crash-open-other");
+    let inside = dir.file("f", "f");
+    let outside = other.file("f", "f");
+    let target = TestCgroup::new("target");
+    let report = Report::new("crash-open");
+    let spec = format!(
+        "crash:syscall=openat,signal=SIGABRT,nth=2,path={}",
+        dir.0.display()
+    );
+    let injector = inject(&target, &[&spec], &report);
+    let opens = |path: &Path| {
+        let mut cmd = Command::new(PROBE);
+        cmd.args(["open-n", path.to_str().expect("UTF-8"), "3"]);
+        target.put(&mut cmd);
+        run(&mut cmd).0
+    };
+    assert!(opens(&outside).success(), "no signal outside the path");
+    assert_eq!(
+        opens(&inside).signal(),
+        Some(libc::SIGABRT),
+        "under the path"
+    );
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    let r = report.read();
+    assert_eq!(r["faults"][0]["calls"]["injected"], 1, "{r}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Process faults: their effect on real processes in a real cgroup.
 #![allow(clippy::print_stdout, reason = "tests print their measurements")]
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{os::unix::process::ExitStatusExt as _, path::Path, process::Command, time::Duration};
 
 use chaos_tests::{
     Injector, TestCgroup, chaos_user, doctor_finding, expected_hooks, last_json, root_or_skip, run,
@@ -182,6 +182,44 @@ fn fd_limit_fails_socket_creation_with_emfile_inside_only() {
     let (status, lines) = injector.interrupt();
     assert!(status.success(), "{lines:?}");
     assert_eq!(connect(Some(&target))["ok"], true, "after the session");
+}
+
+#[test]
+fn crash_with_a_path_counts_only_calls_on_files_under_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("chaos-crash-path-{}", std::process::id()));
+    let (inside, outside) = (base.join("in"), base.join("out"));
+    for dir in [&inside, &outside] {
+        std::fs::create_dir_all(dir).expect("create a test directory");
+    }
+    let target = TestCgroup::new("target");
+    let spec = format!(
+        "crash:syscall=fsync,signal=SIGKILL,nth=2,path={}",
+        inside.display()
+    );
+    let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", &spec]);
+    let fsyncs = |dir: &Path| {
+        let mut cmd = Command::new(PROBE);
+        cmd.arg("fsync-n").arg(dir.join("f")).arg("4");
+        target.put(&mut cmd);
+        let (status, stdout, _) = run(&mut cmd);
+        (status, stdout.lines().count())
+    };
+    let (status, lines) = fsyncs(&outside);
+    assert!(status.success(), "no signal outside the path");
+    assert_eq!(lines, 5, "four calls and the total");
+    let (status, lines) = fsyncs(&inside);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "killed under the path"
+    );
+    assert_eq!(lines, 2, "on its second fsync");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    std::fs::remove_dir_all(&base).expect("remove the test directories");
 }
 
 #[test]

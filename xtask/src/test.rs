@@ -52,6 +52,7 @@ const GUEST_TESTS: &[&str] = &[
     "fd_limit_fails_socket_creation_with_emfile_inside_only",
     "crash_kills_on_exactly_the_nth_call",
     "crash_every_nth_call_is_exact_across_threads",
+    "crash_with_a_path_counts_only_calls_on_files_under_it",
 ];
 /// The tests of the LSM hook faults, which the VM lane runs in both of its hook batches.
 const HOOK_TESTS: &[&str] = &[
@@ -62,6 +63,7 @@ const HOOK_TESTS: &[&str] = &[
     "fd_limit_fails_files_pipes_and_sockets_inside_only",
     "fail_fails_fork_and_mkdir_with_the_chosen_errno",
     "sigkill_leaves_no_hook_program_behind",
+    "crash_on_open_under_a_path_signals_from_the_hook",
 ];
 
 /// One boot of the guest: its kernel command line, the hook programs its LSM list calls for,

@@ -281,6 +281,10 @@ pub fn kernel_offsets(btf: &btf_rs::Btf) -> Result<KernelOffsets, LoadError> {
         mount_mnt: at("mount", "mnt")?,
         mount_parent: at("mount", "mnt_parent")?,
         mount_mountpoint: at("mount", "mnt_mountpoint")?,
+        task_files: at("task_struct", "files")?,
+        files_fdt: at("files_struct", "fdt")?,
+        fdt_max_fds: at("fdtable", "max_fds")?,
+        fdt_fd: at("fdtable", "fd")?,
         valid: 1,
     })
 }

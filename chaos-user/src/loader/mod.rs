@@ -75,6 +75,8 @@ pub struct Needs {
     pub fd_limit: bool,
     /// `op::*` bits the LSM hooks must see (`file`, `nospace`, `fail`).
     pub calls: u64,
+    /// Some rule has `path=`: the walk needs the kernel's struct offsets.
+    pub paths: bool,
     /// The syscall-entry tracepoint (`crash`).
     pub sys_enter: bool,
     /// The syscall-exit tracepoint: the target's failed calls, for the report.

@@ -42,8 +42,10 @@ pub struct Programs {
     /// The interface index and the link of `xdp-drop`.
     xdp_attached: Option<(u32, aya::programs::xdp::XdpLinkId)>,
     tracepoints: Vec<&'static str>,
-    /// The LSM hooks: how they run here, and what the walk needs.
+    /// The LSM hooks, and how they run here.
     calls: Option<CallHooks>,
+    /// What the path walk reads, when a rule has `path=`.
+    offsets: Option<KernelOffsets>,
 }
 
 /// The loaded LSM hook programs of a session.
@@ -54,7 +56,6 @@ struct CallHooks {
     modify_return: Vec<ModifyReturn>,
     /// `lsm` programs attached so far, through aya.
     lsm_attached: Vec<&'static str>,
-    offsets: KernelOffsets,
 }
 
 /// The responder's view of `DNS_PEERS`: where each redirected client meant to send its query.
@@ -76,6 +77,11 @@ impl Programs {
         }
         let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
         let mut needs = needs.clone();
+        let offsets = if needs.paths {
+            Some(hooks::kernel_offsets(&hooks::kernel_btf()?)?)
+        } else {
+            None
+        };
         let calls = if needs.calls != 0 || needs.fd_limit {
             let with_files = needs.calls | if needs.fd_limit { op::FILE_ALLOC } else { 0 };
             match load_calls(&mut ebpf, with_files) {
@@ -117,6 +123,7 @@ impl Programs {
             xdp_attached: None,
             tracepoints: Vec::new(),
             calls,
+            offsets,
         })
     }
 
@@ -171,8 +178,7 @@ impl Programs {
             }
         }
         self.write_rules(plan)?;
-        if let Some(calls) = &self.calls {
-            let offsets = calls.offsets;
+        if let Some(offsets) = self.offsets {
             self.write("OFFSETS", &[offsets])?;
             let mut keys: Vec<(PathKey, u32)> = Vec::new();
             for (i, path) in plan.call_paths.iter().enumerate() {
@@ -588,7 +594,6 @@ fn load_calls(ebpf: &mut Ebpf, ops: u64) -> Result<CallHooks, LoadError> {
     let kind = HookKind::detect();
     let hooks: Vec<&'static Hook> = hooks::hooks_for(ops).collect();
     let btf = hooks::kernel_btf()?;
-    let offsets = hooks::kernel_offsets(&btf)?;
     let mut modify_return = Vec::new();
     match kind {
         HookKind::ModifyReturn => {
@@ -611,6 +616,5 @@ fn load_calls(ebpf: &mut Ebpf, ops: u64) -> Result<CallHooks, LoadError> {
         hooks,
         modify_return,
         lsm_attached: Vec::new(),
-        offsets,
     })
 }

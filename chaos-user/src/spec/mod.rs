@@ -17,8 +17,8 @@ mod values;
 
 pub use parse::{keys_of, parse_fault};
 pub use values::{
-    ERRNOS, MAX_DURATION, SYSCALLS, parse_duration, parse_errno, parse_net, parse_ports,
-    parse_probability, parse_rate, parse_signal, parse_size, parse_syscall,
+    ERRNOS, FAIL_SYSCALLS, FD_SYSCALLS, MAX_DURATION, SYSCALLS, parse_duration, parse_errno,
+    parse_net, parse_ports, parse_probability, parse_rate, parse_signal, parse_size, parse_syscall,
 };
 
 /// Fault kinds this build knows, as users write them.
@@ -349,6 +349,10 @@ pub struct CrashSpec {
     pub syscall: Syscall,
     pub signal: Signal,
     pub when: Schedule,
+    /// Only calls on files under this path: by the descriptor of a call that takes one
+    /// (`FD_SYSCALLS`), else at the LSM hook the syscall passes, as `fail` would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// Which calls of a fault's kind it acts on (`crash`, `file`, `nospace`, `fail`).

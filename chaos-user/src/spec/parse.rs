@@ -41,7 +41,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "pause" => &["for", "interval", "random", "seed"],
         "device" => &["major", "minor", "type", "access", "errno", "p"],
         "fd-limit" => &["p"],
-        "crash" => &["syscall", "signal", "nth", "every", "p"],
+        "crash" => &["syscall", "signal", "nth", "every", "p", "path"],
         "file" => &["op", "errno", "path", "nth", "every", "p"],
         "nospace" => &["path", "nth", "every", "p"],
         "fail" => &["syscall", "errno", "path", "nth", "every", "p"],
@@ -360,10 +360,34 @@ fn parse_crash(keys: &mut Keys) -> Result<CrashSpec, SpecError> {
         Some(v) => parse_signal("signal", v)?,
     };
     let when = keys.schedule(Some(example))?;
+    let path = keys
+        .take("path")
+        .map(|v| parse_path("path", v))
+        .transpose()?;
+    let with_path = FD_SYSCALLS.contains(&syscall.name)
+        || FAIL_SYSCALLS
+            .iter()
+            .any(|(name, _, paths)| *name == syscall.name && *paths);
+    if path.is_some() && !with_path {
+        let mut names: Vec<&str> = FAIL_SYSCALLS
+            .iter()
+            .filter(|(_, _, paths)| *paths)
+            .map(|(name, _, _)| *name)
+            .chain(FD_SYSCALLS.iter().copied())
+            .collect();
+        names.sort();
+        names.dedup();
+        return Err(SpecError::Conflict(format!(
+            "crash with path= works on syscalls that act on a file ({}); {} is not one",
+            names.join(", "),
+            syscall.name
+        )));
+    }
     Ok(CrashSpec {
         syscall,
         signal,
         when,
+        path,
     })
 }
 

@@ -63,9 +63,40 @@ fn canonical_text_round_trips() {
         "fd-limit:p=0.25",
         "pause:for=1s,interval=5s,random=true",
         "pause:for=5s,interval=7500ms,random=true,seed=42",
+        "file:op=open,errno=EACCES,path=/srv/data,p=0.5",
+        "file:op=create+write,errno=EIO,nth=3",
+        "file:errno=EROFS,every=2",
+        "nospace:path=/var/lib/app,p=1",
+        "nospace:nth=10",
+        "fail:syscall=fork,errno=EAGAIN,p=0.1",
+        "fail:syscall=mkdir,errno=EROFS,path=/srv,every=5",
+        "crash:syscall=fsync,signal=SIGKILL,nth=3,path=/srv/db",
     ] {
         let spec = parse_fault(text).unwrap();
         assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
+    }
+}
+
+#[test]
+fn file_ops_and_the_fail_table() {
+    let FaultSpec::File(f) = parse_fault("file:op=write+open+write").unwrap() else {
+        panic!("a file fault")
+    };
+    assert_eq!(
+        f.ops,
+        vec![FileOp::Open, FileOp::Write],
+        "sorted, once each"
+    );
+    assert_eq!(f.errno.number, libc::EIO, "EIO by default");
+    assert_eq!(f.when, Schedule::P(1.0), "every call by default");
+    let FaultSpec::File(any) = parse_fault("file").unwrap() else {
+        panic!("a file fault")
+    };
+    assert_eq!(any.ops, FileOp::ALL.to_vec());
+    // Every name the table takes is a syscall this build knows, and each maps to a hook.
+    for (name, ops, _) in FAIL_SYSCALLS {
+        assert!(SYSCALLS.iter().any(|(n, _)| n == name), "{name}");
+        assert_eq!(ops.count_ones(), 1, "{name}");
     }
 }
 
@@ -194,6 +225,25 @@ fn bad_input_is_named() {
             "bad value `SIGSTOP` for `signal`",
         ),
         ("device:major=4096", "bad value `4096` for `major`"),
+        ("file:op=append", "bad value `append` for `op`"),
+        ("file:op=open+", "bad value `open+` for `op`"),
+        ("file:path=relative/dir", "expected an absolute path"),
+        ("file:errno=ENOPE", "bad value `ENOPE` for `errno`"),
+        ("file:nth=1,p=0.5", "give one of nth, every and p"),
+        ("file:nth=0", "bad value `0` for `nth`"),
+        ("nospace:errno=EIO", "unknown key `errno`"),
+        ("fail", "`fail` needs `syscall`"),
+        ("fail:syscall=fork", "`fail` needs `errno`"),
+        ("fail:syscall=getpid,errno=EIO", "getpid passes no LSM hook"),
+        (
+            "fail:syscall=frob,errno=EIO",
+            "bad value `frob` for `syscall`",
+        ),
+        (
+            "fail:syscall=fork,errno=EIO,path=/x",
+            "path= does not apply to fork",
+        ),
+        ("crash:syscall=getppid,nth=1,path=/x", "getppid is not one"),
         ("pause:for=1s,interval=2s,seed=7", "seed picks the moments"),
         ("fd-limit:errno=EIO", "unknown key `errno`"),
         ("device:major=x", "bad value `x` for `major`"),

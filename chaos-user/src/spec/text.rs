@@ -149,7 +149,8 @@ impl fmt::Display for FaultSpec {
                     "crash:syscall={},signal={},",
                     c.syscall.name, c.signal.name
                 )?;
-                write!(f, "{}", c.when)
+                write!(f, "{}", c.when)?;
+                write_path(f, c.path.as_deref())
             }
             FaultSpec::File(file) => {
                 let ops: Vec<&str> = file.ops.iter().map(|op| op.name()).collect();

@@ -356,6 +356,30 @@ pub const SYSCALLS: &[(&str, libc::c_long)] = &[
     ("unshare", libc::SYS_unshare),
     ("bpf", libc::SYS_bpf),
     ("exit_group", libc::SYS_exit_group),
+    ("openat2", libc::SYS_openat2),
+    ("creat", libc::SYS_creat),
+    ("mknod", libc::SYS_mknod),
+    ("mknodat", libc::SYS_mknodat),
+    ("preadv", libc::SYS_preadv),
+    ("pwritev", libc::SYS_pwritev),
+    ("linkat", libc::SYS_linkat),
+    ("symlinkat", libc::SYS_symlinkat),
+    ("fchmodat", libc::SYS_fchmodat),
+    ("fchown", libc::SYS_fchown),
+    ("lchown", libc::SYS_lchown),
+    ("fchownat", libc::SYS_fchownat),
+    ("flock", libc::SYS_flock),
+    ("sendmmsg", libc::SYS_sendmmsg),
+    ("recvmmsg", libc::SYS_recvmmsg),
+    ("tkill", libc::SYS_tkill),
+    ("tgkill", libc::SYS_tgkill),
+    ("setreuid", libc::SYS_setreuid),
+    ("setresuid", libc::SYS_setresuid),
+    ("setfsuid", libc::SYS_setfsuid),
+    ("setgid", libc::SYS_setgid),
+    ("setregid", libc::SYS_setregid),
+    ("setresgid", libc::SYS_setresgid),
+    ("setfsgid", libc::SYS_setfsgid),
 ];
 
 /// Syscalls by name: names are known on x86_64 only in this build.
@@ -452,6 +476,30 @@ pub const FAIL_SYSCALLS: &[(&str, u64, bool)] = {
         ("setfsgid", SETGID, false),
     ]
 };
+
+/// Syscalls whose first argument is a file descriptor: `crash` with `path=` matches them at
+/// syscall entry by the file behind it, with no LSM hook (so on any kernel).
+pub const FD_SYSCALLS: &[&str] = &[
+    "read",
+    "write",
+    "pread64",
+    "pwrite64",
+    "readv",
+    "writev",
+    "preadv",
+    "pwritev",
+    "fsync",
+    "fdatasync",
+    "ftruncate",
+    "fallocate",
+    "fstat",
+    "lseek",
+    "close",
+    "ioctl",
+    "flock",
+    "fchmod",
+    "getdents64",
+];
 
 /// A syscall `fail` can fail, by name.
 pub fn parse_fail_syscall(key: &str, value: &str) -> Result<&'static str, SpecError> {

@@ -14,6 +14,8 @@
 //! - `open PATH`: opens PATH for reading; prints `{"ok":true}` or the errno.
 //! - `open-n PATH N`: opens PATH N times, one after another; prints each call's errno (0 for
 //!   success) as `{"errnos":[...]}`.
+//! - `fsync-n PATH N`: writes PATH, then calls fsync on it N times, printing `{"call":I}`
+//!   before each call; at the end `{"calls":N}`.
 //! - `after-line WHAT`: waits for a line on stdin (so that it can start before a fault is
 //!   armed), then does WHAT and prints the errno of each call (0 for success): `files` tries
 //!   open, pipe and socket; `fork` forks once.
@@ -86,6 +88,17 @@ fn main() {
             println!("{{\"errnos\":[{}]}}", errnos.join(","));
         }
         "after-line" => after_line(arg(1)),
+        "fsync-n" => {
+            let count: u32 = arg(2).parse().unwrap_or_else(|_| usage());
+            let mut file = std::fs::File::create(arg(1)).expect("create");
+            file.write_all(b"data").expect("write");
+            for call in 1..=count {
+                println!("{{\"call\":{call}}}");
+                std::io::stdout().flush().expect("flush");
+                file.sync_all().expect("fsync");
+            }
+            println!("{{\"calls\":{count}}}");
+        }
         "sleep-loop" => {
             let count: u32 = arg(1).parse().unwrap_or_else(|_| usage());
             let ms: u64 = arg(2).parse().unwrap_or_else(|_| usage());
@@ -110,7 +123,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: chaos-probe udp-send ADDR COUNT INTERVAL_US | udp-recv SECONDS [ADDR] | tcp-send ADDR BYTES \
          | udp-zeros ADDR COUNT SIZE | sleep-loop COUNT MS | open PATH | open-n PATH N \
-         | after-line files|fork | getppid-loop COUNT THREADS | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
+         | after-line files|fork | fsync-n PATH N | getppid-loop COUNT THREADS | tcp-connect ADDR | tcp-hold ADDR SECONDS | udp-flows ADDR FLOWS COUNT \
          | dns-query SERVER NAME udp|udp-unconnected|tcp \
          | demo TCP_ADDR PINGS BYTES"
     );
