@@ -622,4 +622,67 @@ mod tests {
         ];
         assert!(Plan::new(&two_devs, 0).is_err());
     }
+
+    #[test]
+    fn call_faults_share_their_paths_and_hooks() {
+        use chaos_common::op;
+        let faults: Vec<FaultSpec> = [
+            "file:op=open+read,errno=EACCES,path=/srv",
+            "nospace:path=/srv",
+            "fail:syscall=clone,errno=EAGAIN,nth=2",
+            "fd-limit:p=0.5",
+            "crash:syscall=fsync,nth=3,path=/var",
+            "crash:syscall=unlink,signal=SIGABRT,every=2,path=/var",
+        ]
+        .iter()
+        .map(|t| parse_fault(t).unwrap())
+        .collect();
+        let plan = Plan::new(&faults, 0).unwrap();
+        assert_eq!(
+            plan.carriers,
+            [
+                Carrier::Call(0),
+                Carrier::Call(1),
+                Carrier::Call(2),
+                Carrier::FdLimit { call: 3, sock: 0 },
+                Carrier::Crash(0),
+                Carrier::Call(4),
+            ]
+        );
+        assert_eq!(
+            plan.call_paths,
+            ["/srv", "/var"].map(std::path::PathBuf::from)
+        );
+        assert_eq!(
+            (plan.call[0].ops, plan.call[0].path_bit),
+            (op::OPEN | op::READ, 1)
+        );
+        assert_eq!(plan.call[0].errno, libc::EACCES as u32);
+        assert_eq!(
+            (plan.call[1].ops, plan.call[1].errno),
+            (op::CREATE | op::WRITE, 28)
+        );
+        assert_eq!(
+            (plan.call[2].ops, plan.call[2].mode),
+            (op::TASK_ALLOC, SCHEDULE_NTH)
+        );
+        assert_eq!(plan.call[3].ops, op::FILE_ALLOC);
+        // fsync takes a descriptor: matched at syscall entry; unlink names a path: at its hook.
+        assert_eq!((plan.crash[0].path_bit, plan.crash[0].count), (2, 3));
+        assert_eq!(plan.call[4].signal, libc::SIGABRT as u32);
+        assert_eq!((plan.call[4].errno, plan.call[4].ops), (0, op::UNLINK));
+        // fd-limit's file allocation hook is the loader's choice, not a must.
+        assert_eq!(
+            plan.needs.calls,
+            op::OPEN | op::READ | op::CREATE | op::WRITE | op::TASK_ALLOC | op::UNLINK
+        );
+        assert!(plan.needs.fd_limit && plan.needs.paths && plan.needs.sys_enter);
+        let nine: Vec<FaultSpec> = (0..9)
+            .map(|i| parse_fault(&format!("nospace:path=/p{i}")).unwrap())
+            .collect();
+        assert!(
+            Plan::new(&nine, 0).is_err(),
+            "more rules than the map holds"
+        );
+    }
 }

@@ -375,7 +375,7 @@ impl ModifyReturn {
 pub fn load_modify_return(
     object: &[u8],
     ebpf: &Ebpf,
-    btf: &btf_rs::Btf,
+    btf: &aya::Btf,
     hooks: &[&'static Hook],
 ) -> Result<Vec<ModifyReturn>, LoadError> {
     let mut obj = aya_obj::Object::parse(object).map_err(|e| LoadError::Relocate(e.to_string()))?;
@@ -430,11 +430,9 @@ fn map_fd(map: &Map) -> Option<RawFd> {
 }
 
 /// The BTF id of a kernel function.
-fn function_id(btf: &btf_rs::Btf, name: &'static str) -> Result<u32, LoadError> {
-    let ids = btf.resolve_ids_by_name(name).unwrap_or_default();
-    ids.into_iter()
-        .find(|id| matches!(btf.resolve_type_by_id(*id), Ok(btf_rs::Type::Func(_))))
-        .ok_or(LoadError::NoFunction(name))
+fn function_id(btf: &aya::Btf, name: &'static str) -> Result<u32, LoadError> {
+    btf.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Func)
+        .map_err(|_| LoadError::NoFunction(name))
 }
 
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<OwnedFd> {
@@ -509,6 +507,28 @@ mod tests {
             seen |= hook.ops;
         }
         assert_eq!(seen, (op::LOCK << 1) - 1, "an op without a hook");
+    }
+
+    /// Every hook names a kernel function and an LSM hook this machine's kernel has, so that
+    /// a misspelt name shows here rather than as a refusal on some kernel.
+    #[test]
+    fn hooks_name_functions_of_the_running_kernel() {
+        let Ok(btf) = aya::Btf::from_sys_fs() else {
+            eprintln!("skipped: no /sys/kernel/btf/vmlinux (kernel without BTF)");
+            return;
+        };
+        let lsm = function_id(&btf, "bpf_lsm_file_open").is_ok();
+        for hook in HOOKS {
+            function_id(&btf, hook.function).unwrap();
+            if lsm {
+                let name = format!("bpf_lsm_{}", hook.lsm);
+                assert!(
+                    btf.id_by_type_name_kind(&name, aya_obj::btf::BtfKind::Func)
+                        .is_ok(),
+                    "{name}"
+                );
+            }
+        }
     }
 
     /// The walk's offsets come from this machine's kernel; `struct path` is two pointers,

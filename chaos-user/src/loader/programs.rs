@@ -593,14 +593,13 @@ pub(super) fn probe_calls(ebpf: &mut Ebpf) -> Result<HookKind, LoadError> {
 fn load_calls(ebpf: &mut Ebpf, ops: u64) -> Result<CallHooks, LoadError> {
     let kind = HookKind::detect();
     let hooks: Vec<&'static Hook> = hooks::hooks_for(ops).collect();
-    let btf = hooks::kernel_btf()?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
     let mut modify_return = Vec::new();
     match kind {
         HookKind::ModifyReturn => {
             modify_return = hooks::load_modify_return(OBJECT, ebpf, &btf, &hooks)?;
         }
         HookKind::Lsm => {
-            let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Btf(e.to_string()))?;
             for hook in &hooks {
                 let prog: &mut Lsm = program(ebpf, hook.lsm_program)?;
                 prog.load(hook.lsm, &btf)
