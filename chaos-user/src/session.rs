@@ -202,7 +202,8 @@ impl Session {
         }
         self.programs.attach_egress_everywhere(undo, None)?;
         self.join_namespaces(undo)?;
-        if self.plan.needs.cgroup() {
+        // The loader's view: `fd-limit` takes the socket hook where trampolines do not run.
+        if self.programs.needs().cgroup() {
             let target = self
                 .target
                 .as_ref()
