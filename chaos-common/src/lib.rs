@@ -371,8 +371,11 @@ pub struct KernelOffsets {
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
+    /// `struct file`: `f_mode` (`FMODE_CREATED` tells an open that made its file).
+    pub file_mode: u32,
     /// Nonzero once the user side has filled the record in.
     pub valid: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Key of the target's failed calls, counted by syscall and errno.
@@ -457,7 +460,7 @@ pub struct RuleCounters {
 const _: () = assert!(core::mem::size_of::<Target>() == 40);
 const _: () = assert!(core::mem::size_of::<CallRule>() == 48);
 const _: () = assert!(core::mem::size_of::<PathKey>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 const _: () = assert!(core::mem::size_of::<DeviceRule>() == 32);
 const _: () = assert!(core::mem::size_of::<CrashRule>() == 40);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 8);

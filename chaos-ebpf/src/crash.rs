@@ -110,7 +110,8 @@ pub fn chaos_sys_exit(ctx: RawTracePointContext) -> i32 {
     if !(-4095..0).contains(&ret) {
         return 0;
     }
-    let Some(syscall) = syscall_number(ctx.arg(0)) else {
+    // -1: no syscall (a signal's return path restarting one).
+    let Some(syscall) = syscall_number(ctx.arg(0)).filter(|n| *n != u32::MAX) else {
         return 0;
     };
     let key = ErrorKey {

@@ -32,6 +32,11 @@ use crate::{
 /// `MAY_WRITE` and `MAY_READ` of the file permission hook's mask.
 const MAY_WRITE: u64 = 2;
 const MAY_READ: u64 = 4;
+/// `f_mode` of a file that this open created (kernel 4.19).
+const FMODE_CREATED: u32 = 0x10_0000;
+/// The file type bits of a mode, and a regular file's.
+const S_IFMT: u64 = 0o170_000;
+const S_IFREG: u64 = 0o100_000;
 
 /// Argument `n` of the hook, read as a plain number: the walk adds offsets to it, which the
 /// verifier allows on numbers, not on the typed pointers it hands out.
@@ -184,8 +189,11 @@ fn step(walk: &mut Walk, off: &KernelOffsets) -> bool {
 
 /// The verdict of the call rules on one call doing `op` on the object at `start`: 0 to let it
 /// go on, or the negative errno it fails with.
+///
+/// `other` is a second object of the call (the new name of a rename, the old name of a link):
+/// a rule's path matches when either is under it.
 #[inline(never)]
-fn decide(op: u64, start: Start) -> i32 {
+fn decide(op: u64, start: Start, other: Start) -> i32 {
     let Some(target) = TARGET.get(0) else {
         return 0;
     };
@@ -206,11 +214,13 @@ fn decide(op: u64, start: Start) -> i32 {
             wants_path |= rule.ops & op != 0 && rule.path_bit != 0;
         }
     }
-    let under = if wants_path && start.dentry != 0 {
-        prefixes(start.dentry, start.mnt)
-    } else {
-        0
-    };
+    let mut under = 0;
+    if wants_path && start.dentry != 0 {
+        under |= prefixes(start.dentry, start.mnt);
+    }
+    if wants_path && other.dentry != 0 {
+        under |= prefixes(other.dentry, other.mnt);
+    }
     let now = now();
     for i in 0..MAX_CALL_RULES {
         if i >= target.call_rules {
@@ -282,9 +292,21 @@ macro_rules! hook {
     };
 }
 
+/// An open that created its file was decided at `path_mknod`, before the file existed.
 #[inline(always)]
 fn file_open(ctx: *mut c_void) -> i32 {
-    decide(op::OPEN, of_file(arg(ctx, 0), &offsets()))
+    let off = offsets();
+    let file = arg(ctx, 0);
+    if file != 0 && off.valid != 0 {
+        // SAFETY: the helper reads kernel memory safely whatever the address.
+        let mode: u32 =
+            unsafe { bpf_probe_read_kernel((file + off.file_mode as u64) as *const u32) }
+                .unwrap_or(0);
+        if mode & FMODE_CREATED != 0 {
+            return 0;
+        }
+    }
+    decide(op::OPEN, of_file(file, &off), NO_PATH)
 }
 
 #[inline(always)]
@@ -297,30 +319,38 @@ fn file_permission(ctx: *mut c_void) -> i32 {
     } else {
         return 0;
     };
-    decide(op, of_file(arg(ctx, 0), &offsets()))
+    decide(op, of_file(arg(ctx, 0), &offsets()), NO_PATH)
 }
 
 /// Hooks whose arguments are `(const struct path *dir, struct dentry *dentry, ...)`.
 #[inline(always)]
 fn entry(ctx: *mut c_void, op: u64) -> i32 {
-    decide(op, of_entry(arg(ctx, 0), arg(ctx, 1), &offsets()))
+    decide(op, of_entry(arg(ctx, 0), arg(ctx, 1), &offsets()), NO_PATH)
 }
 
 /// Hooks whose first argument is `const struct path *`.
 #[inline(always)]
 fn path(ctx: *mut c_void, op: u64) -> i32 {
-    decide(op, of_path(arg(ctx, 0), &offsets()))
+    decide(op, of_path(arg(ctx, 0), &offsets()), NO_PATH)
 }
 
 /// Hooks whose first argument is `struct file *`.
 #[inline(always)]
 fn file(ctx: *mut c_void, op: u64) -> i32 {
-    decide(op, of_file(arg(ctx, 0), &offsets()))
+    decide(op, of_file(arg(ctx, 0), &offsets()), NO_PATH)
 }
 
+/// A new regular file is also an open (open with `O_CREAT` makes it here): `op=open` fails
+/// it before the file exists.
 #[inline(always)]
 fn path_mknod(ctx: *mut c_void) -> i32 {
-    entry(ctx, op::CREATE)
+    let kind = arg(ctx, 2) & S_IFMT;
+    let op = if kind == S_IFREG || kind == 0 {
+        op::CREATE | op::OPEN
+    } else {
+        op::CREATE
+    };
+    entry(ctx, op)
 }
 
 #[inline(always)]
@@ -343,16 +373,28 @@ fn path_symlink(ctx: *mut c_void) -> i32 {
     entry(ctx, op::SYMLINK)
 }
 
-/// `(old_dir, old_dentry, new_dir, new_dentry, flags)`: the entry being renamed.
+/// `(old_dir, old_dentry, new_dir, new_dentry, flags)`: either name under a path matches.
 #[inline(always)]
 fn path_rename(ctx: *mut c_void) -> i32 {
-    entry(ctx, op::RENAME)
+    let off = offsets();
+    decide(
+        op::RENAME,
+        of_entry(arg(ctx, 0), arg(ctx, 1), &off),
+        of_entry(arg(ctx, 2), arg(ctx, 3), &off),
+    )
 }
 
-/// `(old_dentry, new_dir, new_dentry)`: the new name.
+/// `(old_dentry, new_dir, new_dentry)`: either name under a path matches (a hard link stays
+/// on one mount).
 #[inline(always)]
 fn path_link(ctx: *mut c_void) -> i32 {
-    decide(op::LINK, of_entry(arg(ctx, 1), arg(ctx, 2), &offsets()))
+    let off = offsets();
+    let new_dir = arg(ctx, 1);
+    decide(
+        op::LINK,
+        of_entry(new_dir, arg(ctx, 2), &off),
+        of_entry(new_dir, arg(ctx, 0), &off),
+    )
 }
 
 #[inline(always)]
@@ -386,7 +428,7 @@ macro_rules! pathless {
         $(
             #[inline(always)]
             fn $name(_ctx: *mut c_void) -> i32 {
-                decide($op, NO_PATH)
+                decide($op, NO_PATH, NO_PATH)
             }
         )*
     };

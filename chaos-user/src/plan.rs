@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chaos_common::{
     ACTION_BANDWIDTH, ACTION_CORRUPT, ACTION_DELAY, ACTION_DUPLICATE, ACTION_LOSS, AddrMatch,
     CallRule, CrashRule, DEVICE_ANY_MINOR, DIR_EGRESS, DIR_INGRESS, DIR_XDP, DeviceRule, FAMILY_V4,
-    FAMILY_V6, MAX_CALL_RULES, MAX_PACKET_RULES, MAX_PATHS, MAX_SOCK_RULES, MODEL_GILBERT,
-    PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter, PacketRule, PortRange,
-    SCHEDULE_DRAW, SCHEDULE_EVERY, SCHEDULE_NTH, SOCK_CREATE, SOCK_DNS, SOCK_ERRNO, SOCK_REDIRECT,
-    SockRule,
+    FAMILY_V6, MAX_CALL_RULES, MAX_CRASH_RULES, MAX_DEVICE_RULES, MAX_PACKET_RULES, MAX_PATHS,
+    MAX_SOCK_RULES, MODEL_GILBERT, PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PacketFilter,
+    PacketRule, PortRange, SCHEDULE_DRAW, SCHEDULE_EVERY, SCHEDULE_NTH, SOCK_CREATE, SOCK_DNS,
+    SOCK_ERRNO, SOCK_REDIRECT, SockRule,
 };
 use ipnet::IpNet;
 
@@ -101,10 +101,20 @@ impl Plan {
         });
         if plan.call.len() > MAX_CALL_RULES as usize {
             return Err(spec::SpecError::Conflict(format!(
-                "{} file, nospace, fail and fd-limit faults given; a session holds at most \
-                 {MAX_CALL_RULES}",
+                "{} file, nospace, fail and fd-limit faults (with crash faults whose path= is \
+                 matched at an LSM hook) given; a session holds at most {MAX_CALL_RULES}",
                 plan.call.len()
             )));
+        }
+        for (family, max, given) in [
+            ("device", MAX_DEVICE_RULES, plan.device.len()),
+            ("crash", MAX_CRASH_RULES, plan.crash.len()),
+        ] {
+            if given > max as usize {
+                return Err(spec::SpecError::Conflict(format!(
+                    "{given} {family} faults given; a session holds at most {max}"
+                )));
+            }
         }
         if plan.call_paths.len() > MAX_PATHS as usize {
             return Err(spec::SpecError::Conflict(format!(
@@ -272,7 +282,9 @@ impl Plan {
                 return Ok(self.add_call(ops, file.errno.number, file.path.as_deref(), file.when));
             }
             FaultSpec::Nospace(n) => {
-                let ops = chaos_common::op::CREATE | chaos_common::op::WRITE;
+                // What needs new blocks: new names and the data written.
+                use chaos_common::op;
+                let ops = op::CREATE | op::WRITE | op::MKDIR | op::SYMLINK | op::LINK;
                 return Ok(self.add_call(ops, libc::ENOSPC, n.path.as_deref(), n.when));
             }
             FaultSpec::Fail(fail) => {
@@ -658,10 +670,8 @@ mod tests {
             (op::OPEN | op::READ, 1)
         );
         assert_eq!(plan.call[0].errno, libc::EACCES as u32);
-        assert_eq!(
-            (plan.call[1].ops, plan.call[1].errno),
-            (op::CREATE | op::WRITE, 28)
-        );
+        let full_disk = op::CREATE | op::WRITE | op::MKDIR | op::SYMLINK | op::LINK;
+        assert_eq!((plan.call[1].ops, plan.call[1].errno), (full_disk, 28));
         assert_eq!(
             (plan.call[2].ops, plan.call[2].mode),
             (op::TASK_ALLOC, SCHEDULE_NTH)
@@ -674,7 +684,7 @@ mod tests {
         // fd-limit's file allocation hook is the loader's choice, not a must.
         assert_eq!(
             plan.needs.calls,
-            op::OPEN | op::READ | op::CREATE | op::WRITE | op::TASK_ALLOC | op::UNLINK
+            op::OPEN | op::READ | full_disk | op::TASK_ALLOC | op::UNLINK
         );
         assert!(plan.needs.fd_limit && plan.needs.paths && plan.needs.sys_enter);
         let nine: Vec<FaultSpec> = (0..9)

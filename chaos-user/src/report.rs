@@ -118,7 +118,7 @@ impl Report {
                 syscall: crate::spec::SYSCALLS
                     .iter()
                     .find(|(_, n)| *n as u32 == syscall)
-                    .map_or_else(|| syscall.to_string(), |(s, _)| s.to_string()),
+                    .map_or_else(|| format!("syscall {syscall}"), |(s, _)| s.to_string()),
                 errno: crate::spec::ERRNOS
                     .iter()
                     .find(|(_, n)| *n as u32 == errno)

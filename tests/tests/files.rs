@@ -177,6 +177,13 @@ fn file_open_fails_under_the_path_inside_only_whatever_the_name() {
     assert_eq!(open(None, &secret)["ok"], true, "outside the cgroup");
     let (ok, _, stderr) = run_in(Some(&target), Command::new("/usr/bin/cat").arg(&secret));
     assert!(!ok && stderr.contains("Permission denied"), "cat: {stderr}");
+    // An open that would create its file fails before the file exists.
+    let (ok, _, stderr) = run_in(
+        Some(&target),
+        Command::new("/usr/bin/cp").args(["/etc/hostname", &dir.arg("made")]),
+    );
+    assert!(!ok && stderr.contains("Permission denied"), "cp: {stderr}");
+    assert!(!dir.0.join("made").exists(), "a failed open left its file");
 
     let (status, lines) = injector.interrupt();
     assert!(status.success(), "{lines:?}");
@@ -188,7 +195,7 @@ fn file_open_fails_under_the_path_inside_only_whatever_the_name() {
     let r = report.read();
     assert!(attachments(&r).contains(&hook), "{hook} in {r}");
     let calls = &r["faults"][0]["calls"];
-    assert_eq!(calls["injected"], 4, "three probes and cat: {r}");
+    assert_eq!(calls["injected"], 5, "three probes, cat and cp: {r}");
     assert_eq!(calls["passed"], 0, "{r}");
 }
 
@@ -223,6 +230,14 @@ fn nospace_fails_create_and_write_as_a_full_disk_would() {
         !ok && stderr.contains("No space left on device"),
         "python3: {stderr}"
     );
+    let (ok, _, stderr) = run_in(
+        Some(&target),
+        Command::new("/usr/bin/mkdir").arg(dir.arg("sub")),
+    );
+    assert!(
+        !ok && stderr.contains("No space left on device"),
+        "mkdir: {stderr}"
+    );
     let (ok, stdout, stderr) = run_in(Some(&target), Command::new("/usr/bin/cat").arg(&log));
     assert!(ok && stdout == "x", "reads still work: {stdout} {stderr}");
     let (ok, _, stderr) = run_in(
@@ -235,7 +250,7 @@ fn nospace_fails_create_and_write_as_a_full_disk_would() {
     assert!(status.success(), "{lines:?}");
     let r = report.read();
     let injected = r["faults"][0]["calls"]["injected"].as_u64().expect("count");
-    assert!(injected >= 2, "cp's create and python's write: {r}");
+    assert!(injected >= 3, "cp's create, python's write, mkdir: {r}");
     assert_eq!(std::fs::read_to_string(&log).expect("log"), "x");
 }
 
@@ -384,9 +399,12 @@ fn fail_fails_fork_and_mkdir_with_the_chosen_errno() {
     let forker = waiting_probe(Some(&target), "fork");
     let report = Report::new("fail");
     let mkdir = format!("fail:syscall=mkdir,errno=EROFS,path={}", dir.0.display());
+    let rename = format!("fail:syscall=rename,errno=EBUSY,path={}", dir.0.display());
+    let stays = dir.file("stays", "s");
+    let comes = other.file("comes", "c");
     let injector = inject(
         &target,
-        &["fail:syscall=fork,errno=EAGAIN", &mkdir],
+        &["fail:syscall=fork,errno=EAGAIN", &mkdir, &rename],
         &report,
     );
     assert_eq!(release(forker), serde_json::json!({"fork": libc::EAGAIN}));
@@ -405,11 +423,25 @@ fn fail_fails_fork_and_mkdir_with_the_chosen_errno() {
     assert!(ok, "outside the path: {stderr}");
     let (ok, _, stderr) = run_in(None, Command::new("/usr/bin/mkdir").arg(dir.arg("y")));
     assert!(ok, "outside the cgroup: {stderr}");
+    // Either name of a rename under the path: out of the directory, and into it.
+    for (from, to) in [(&stays, other.0.join("went")), (&comes, dir.0.join("came"))] {
+        let (ok, _, stderr) = run_in(
+            Some(&target),
+            Command::new("/usr/bin/mv").arg(from).arg(&to),
+        );
+        assert!(
+            !ok && stderr.contains("busy"),
+            "mv {}: {stderr}",
+            from.display()
+        );
+        assert!(from.exists(), "{} stays", from.display());
+    }
     let (status, lines) = injector.interrupt();
     assert!(status.success(), "{lines:?}");
     let r = report.read();
     assert_eq!(r["faults"][0]["calls"]["injected"], 1, "{r}");
     assert_eq!(r["faults"][1]["calls"]["injected"], 1, "{r}");
+    assert_eq!(r["faults"][2]["calls"]["injected"], 2, "{r}");
     let errors = r["syscall_errors"].to_string();
     assert!(errors.contains("EROFS"), "the target's own view: {errors}");
 }

@@ -57,16 +57,18 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   xdp-drop   packets arriving on an interface dropped (no --cgroup)   dev=IFACE p=FRACTION
   pause      the whole cgroup frozen   for=200ms interval=2s [random=true]
   crash      a signal on the Nth call of a syscall   syscall=NAME nth=N|every=N|p=FRACTION
-             [signal=SIGKILL] [path=/DIR]
+             [signal=SIGKILL] [path=PREFIX]
   file       calls on files fail   [op=open|read|write|create|unlink|any, or a+b]
-             [errno=EIO] [path=/DIR] [nth=N|every=N|p=FRACTION]
-  nospace    create and write fail with ENOSPC, as on a full disk   [path=/DIR] [nth=|every=|p=]
+             [errno=EIO] [path=PREFIX] [nth=N|every=N|p=FRACTION]
+  nospace    creating and writing fail with ENOSPC, as on a full disk   [path=PREFIX]
+             [nth=|every=|p=]
   fail       a syscall fails at its LSM hook   syscall=fork|mmap|rename|bind|... errno=NAME
-             [path=/DIR] [nth=|every=|p=]
+             [path=PREFIX] [nth=|every=|p=]
   fd-limit   new files, pipes and sockets fail with EMFILE (sockets only without BPF
              trampolines)   [p=1]
   device     device nodes fail to open   major=N [minor=N] [type=char|block] [access=rwm]
              [errno=EPERM] [p=1]
+  path=PREFIX is an absolute directory (or file): what lies under it, however it is named.
   file, nospace, fail, and fd-limit beyond sockets need BPF trampolines (lsm or fmod_ret
   programs); `chaos-user doctor` tells whether this kernel runs them.
   Packet filters: proto=tcp|udp|icmp|any  src=/dst=ADDRESS[/PREFIX]  sport=/dport=PORT[-PORT]

@@ -78,7 +78,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// A path named by `path=` cannot be looked up.
-    #[error("path= {path} cannot be looked up")]
+    #[error("path={path} cannot be looked up")]
     Path {
         path: String,
         #[source]

@@ -285,7 +285,9 @@ pub fn kernel_offsets(btf: &btf_rs::Btf) -> Result<KernelOffsets, LoadError> {
         files_fdt: at("files_struct", "fdt")?,
         fdt_max_fds: at("fdtable", "max_fds")?,
         fdt_fd: at("fdtable", "fd")?,
+        file_mode: at("file", "f_mode")?,
         valid: 1,
+        _pad: [0; 3],
     })
 }
 

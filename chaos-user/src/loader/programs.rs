@@ -77,7 +77,8 @@ impl Programs {
         }
         let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
         let mut needs = needs.clone();
-        let offsets = if needs.paths {
+        // `open` reads `f_mode` too, to tell an open that created its file.
+        let offsets = if needs.paths || needs.calls & op::OPEN != 0 {
             Some(hooks::kernel_offsets(&hooks::kernel_btf()?)?)
         } else {
             None

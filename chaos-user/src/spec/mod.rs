@@ -70,6 +70,16 @@ pub enum SpecError {
         key: &'static str,
         example: &'static str,
     },
+    /// `key=` with nothing after it.
+    #[error("`{key}=` in `{kind}` has no value")]
+    EmptyValue { kind: String, key: String },
+    /// None of the keys that pick something (which calls a fault acts on) was given.
+    #[error("`{kind}` needs one of {keys}")]
+    MissingOneOf {
+        kind: String,
+        keys: &'static str,
+        example: &'static str,
+    },
     /// A value that does not parse or is out of range.
     #[error("bad value `{value}` for `{key}`: {expected}")]
     BadValue {
@@ -98,7 +108,12 @@ impl Classify for SpecError {
             SpecError::DuplicateKey { .. } => {
                 "to add a second rule of the same kind, give a second --fault".to_string()
             }
-            SpecError::MissingKey { example, .. } => format!("for example `{example}`"),
+            SpecError::MissingKey { example, .. } | SpecError::MissingOneOf { example, .. } => {
+                format!("for example `{example}`")
+            }
+            SpecError::EmptyValue { .. } => {
+                "give the key a value, or leave it out for its default".to_string()
+            }
             SpecError::BadValue { .. } | SpecError::Conflict(_) => return None,
         })
     }

@@ -230,7 +230,13 @@ impl<'a> Keys<'a> {
             (None, None, Some(p)) => Schedule::P(p),
             (None, None, None) => match example {
                 None => Schedule::P(1.0),
-                Some(example) => return Err(missing(self.kind, "nth", example)),
+                Some(example) => {
+                    return Err(SpecError::MissingOneOf {
+                        kind: self.kind.to_string(),
+                        keys: "`nth`, `every`, `p`",
+                        example,
+                    });
+                }
             },
             _ => {
                 return Err(SpecError::Conflict(
@@ -274,7 +280,13 @@ fn split_pairs<'a>(kind: &str, rest: &'a str) -> Result<Vec<(&'a str, &'a str)>,
             });
         };
         let (key, value) = (key.trim(), value.trim());
-        if key.is_empty() || value.is_empty() {
+        if !key.is_empty() && value.is_empty() {
+            return Err(SpecError::EmptyValue {
+                kind: kind.to_string(),
+                key: key.to_string(),
+            });
+        }
+        if key.is_empty() {
             return Err(SpecError::NotKeyValue {
                 kind: kind.to_string(),
                 item: item.to_string(),

@@ -202,7 +202,7 @@ fn bad_input_is_named() {
             "crash:syscall=frobnicate,nth=1",
             "bad value `frobnicate` for `syscall`",
         ),
-        ("crash:syscall=fsync", "`crash` needs `nth`"),
+        ("crash:syscall=fsync", "`crash` needs one of `nth`"),
         ("crash:syscall=fsync,nth=0", "bad value `0` for `nth`"),
         (
             "crash:syscall=fsync,nth=1,every=2",
@@ -234,7 +234,17 @@ fn bad_input_is_named() {
         ("nospace:errno=EIO", "unknown key `errno`"),
         ("fail", "`fail` needs `syscall`"),
         ("fail:syscall=fork", "`fail` needs `errno`"),
-        ("fail:syscall=getpid,errno=EIO", "getpid passes no LSM hook"),
+        (
+            "fail:syscall=getpid,errno=EIO",
+            "fail does not cover getpid",
+        ),
+        ("fail:syscall=connect,errno=EIO", "the connect fault"),
+        ("file:path=", "`path=` in `file` has no value"),
+        (
+            "crash:syscall=fsync,path=/tmp",
+            "`crash` needs one of `nth`, `every`, `p`",
+        ),
+        ("file:errno=4096", "bad value `4096` for `errno`"),
         (
             "fail:syscall=frob,errno=EIO",
             "bad value `frob` for `syscall`",
@@ -294,7 +304,7 @@ fn bad_input_is_named() {
         ("loss:p=0.1,proto=sctp", "bad value `sctp` for `proto`"),
         ("loss:p=0.1,proto=icmp,dport=1", "icmp has no ports"),
         ("loss:p=0.1,dport", "is not key=value"),
-        ("loss:p=", "is not key=value"),
+        ("loss:p=", "`p=` in `loss` has no value"),
         ("loss:p=1e-10", "resolution"),
         ("loss:p=0.9999999999", "resolution"),
         ("loss:p=1,dst=::ffff:127.0.0.1", "write 127.0.0.1"),

@@ -61,18 +61,65 @@ pub const ERRNOS: &[(&str, i32)] = &[
     ("EAFNOSUPPORT", libc::EAFNOSUPPORT),
     ("EPIPE", libc::EPIPE),
     ("ENODATA", libc::ENODATA),
+    ("EXDEV", libc::EXDEV),
+    ("EMLINK", libc::EMLINK),
+    ("ENOEXEC", libc::ENOEXEC),
+    ("E2BIG", libc::E2BIG),
+    ("EFAULT", libc::EFAULT),
+    ("ENOTBLK", libc::ENOTBLK),
+    ("EDEADLK", libc::EDEADLK),
+    ("ENOLCK", libc::ENOLCK),
+    ("ENOMSG", libc::ENOMSG),
+    ("EIDRM", libc::EIDRM),
+    ("ENOSTR", libc::ENOSTR),
+    ("ETIME", libc::ETIME),
+    ("ENOLINK", libc::ENOLINK),
+    ("EBADMSG", libc::EBADMSG),
+    ("EOVERFLOW", libc::EOVERFLOW),
+    ("EILSEQ", libc::EILSEQ),
+    ("EUSERS", libc::EUSERS),
+    ("EDESTADDRREQ", libc::EDESTADDRREQ),
+    ("EMSGSIZE", libc::EMSGSIZE),
+    ("EPROTOTYPE", libc::EPROTOTYPE),
+    ("ENOPROTOOPT", libc::ENOPROTOOPT),
+    ("EPROTONOSUPPORT", libc::EPROTONOSUPPORT),
+    ("ESOCKTNOSUPPORT", libc::ESOCKTNOSUPPORT),
+    ("EPFNOSUPPORT", libc::EPFNOSUPPORT),
+    ("ENETRESET", libc::ENETRESET),
+    ("EISCONN", libc::EISCONN),
+    ("ESHUTDOWN", libc::ESHUTDOWN),
+    ("ETOOMANYREFS", libc::ETOOMANYREFS),
+    ("EREMOTEIO", libc::EREMOTEIO),
+    ("ECANCELED", libc::ECANCELED),
+    ("EOWNERDEAD", libc::EOWNERDEAD),
+    ("ENOTRECOVERABLE", libc::ENOTRECOVERABLE),
+    ("ENOMEDIUM", libc::ENOMEDIUM),
+    ("EMEDIUMTYPE", libc::EMEDIUMTYPE),
+    ("EKEYEXPIRED", libc::EKEYEXPIRED),
+    ("EKEYREVOKED", libc::EKEYREVOKED),
+    ("EHWPOISON", libc::EHWPOISON),
+    ("EDOM", libc::EDOM),
+    ("ENOTUNIQ", libc::ENOTUNIQ),
+    ("EBADFD", libc::EBADFD),
+    ("ENOKEY", libc::ENOKEY),
+    ("ENOTSUP", libc::ENOTSUP),
 ];
 
-/// An errno by its name (`ECONNREFUSED`, any case).
+/// An errno by its name (`ECONNREFUSED`, any case) or number (`5`).
 pub fn parse_errno(key: &str, value: &str) -> Result<Errno, SpecError> {
     let upper = value.to_ascii_uppercase();
+    let number: Option<i32> = value.parse().ok();
     ERRNOS
         .iter()
-        .find(|(name, _)| *name == upper)
+        .find(|(name, n)| *name == upper || Some(*n) == number)
         .map(|&(name, number)| Errno { name, number })
         .ok_or_else(|| {
-            let names: Vec<&str> = ERRNOS.iter().map(|(n, _)| *n).collect();
-            bad(key, value, format!("expected one of {}", names.join(", ")))
+            bad(
+                key,
+                value,
+                "expected an errno by name or number, such as EIO, EACCES, ENOSPC, EXDEV or 5 \
+                 (`man errno` lists them)",
+            )
         })
 }
 
@@ -380,6 +427,58 @@ pub const SYSCALLS: &[(&str, libc::c_long)] = &[
     ("setregid", libc::SYS_setregid),
     ("setresgid", libc::SYS_setresgid),
     ("setfsgid", libc::SYS_setfsgid),
+    ("getxattr", libc::SYS_getxattr),
+    ("lgetxattr", libc::SYS_lgetxattr),
+    ("fgetxattr", libc::SYS_fgetxattr),
+    ("setxattr", libc::SYS_setxattr),
+    ("lsetxattr", libc::SYS_lsetxattr),
+    ("fsetxattr", libc::SYS_fsetxattr),
+    ("listxattr", libc::SYS_listxattr),
+    ("llistxattr", libc::SYS_llistxattr),
+    ("flistxattr", libc::SYS_flistxattr),
+    ("removexattr", libc::SYS_removexattr),
+    ("lremovexattr", libc::SYS_lremovexattr),
+    ("fremovexattr", libc::SYS_fremovexattr),
+    ("epoll_create1", libc::SYS_epoll_create1),
+    ("timerfd_create", libc::SYS_timerfd_create),
+    ("signalfd4", libc::SYS_signalfd4),
+    ("inotify_init1", libc::SYS_inotify_init1),
+    ("inotify_add_watch", libc::SYS_inotify_add_watch),
+    ("fanotify_init", libc::SYS_fanotify_init),
+    ("fchdir", libc::SYS_fchdir),
+    ("syncfs", libc::SYS_syncfs),
+    ("msync", libc::SYS_msync),
+    ("mremap", libc::SYS_mremap),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("gettimeofday", libc::SYS_gettimeofday),
+    ("set_robust_list", libc::SYS_set_robust_list),
+    ("rseq", libc::SYS_rseq),
+    ("prlimit64", libc::SYS_prlimit64),
+    ("getrlimit", libc::SYS_getrlimit),
+    ("setrlimit", libc::SYS_setrlimit),
+    ("execveat", libc::SYS_execveat),
+    ("waitid", libc::SYS_waitid),
+    ("exit", libc::SYS_exit),
+    ("socketpair", libc::SYS_socketpair),
+    ("uname", libc::SYS_uname),
+    ("sysinfo", libc::SYS_sysinfo),
+    ("geteuid", libc::SYS_geteuid),
+    ("getgid", libc::SYS_getgid),
+    ("getegid", libc::SYS_getegid),
+    ("gettid", libc::SYS_gettid),
+    ("arch_prctl", libc::SYS_arch_prctl),
+    ("capget", libc::SYS_capget),
+    ("capset", libc::SYS_capset),
+    ("copy_file_range", libc::SYS_copy_file_range),
+    ("tee", libc::SYS_tee),
+    ("vmsplice", libc::SYS_vmsplice),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("close_range", libc::SYS_close_range),
+    ("pidfd_open", libc::SYS_pidfd_open),
+    ("pidfd_send_signal", libc::SYS_pidfd_send_signal),
 ];
 
 /// Syscalls by name: names are known on x86_64 only in this build.
@@ -507,18 +606,19 @@ pub fn parse_fail_syscall(key: &str, value: &str) -> Result<&'static str, SpecEr
         return Ok(name);
     }
     let known = SYSCALLS.iter().any(|(name, _)| *name == value);
+    let elsewhere = match value {
+        "connect" => " (the connect fault fails connect())",
+        "socket" => " (fd-limit fails socket())",
+        _ => "",
+    };
     Err(bad(
         key,
         value,
         if known {
             format!(
-                "{value} passes no LSM hook, and fail works only at those (this kernel has no \
-                 function error injection); it takes {}",
-                FAIL_SYSCALLS
-                    .iter()
-                    .map(|(n, _, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "fail does not cover {value}{elsewhere}: it works at the LSM hooks of the \
+                 syscalls the README lists (fork, mmap, rename, mkdir, bind, kill, setuid, ...), \
+                 as these kernels have no function error injection"
             )
         } else {
             "expected a syscall by name, such as fork, mmap, rename, bind or setuid".to_string()
