@@ -172,6 +172,12 @@ impl<'a> Keys<'a> {
         Some(self.pairs.remove(at).1)
     }
 
+    /// A key the kind cannot do without; `example` shows a whole spec that has it.
+    fn required(&mut self, key: &'static str, example: &'static str) -> Result<&'a str, SpecError> {
+        self.take(key)
+            .ok_or_else(|| missing(self.kind, key, example))
+    }
+
     /// A required probability, or 1 when `example` is empty and the key is missing.
     fn probability(&mut self, key: &'static str, example: &'static str) -> Result<f64, SpecError> {
         match self.take(key) {
@@ -363,9 +369,7 @@ fn parse_loss(keys: &mut Keys) -> Result<LossSpec, SpecError> {
 
 fn parse_crash(keys: &mut Keys) -> Result<CrashSpec, SpecError> {
     let example = "crash:syscall=fsync,nth=1000,signal=SIGKILL";
-    let Some(syscall) = keys.take("syscall") else {
-        return Err(missing(keys.kind, "syscall", example));
-    };
+    let syscall = keys.required("syscall", example)?;
     let syscall = parse_syscall("syscall", syscall)?;
     let signal = match keys.take("signal") {
         None => parse_signal("signal", "SIGKILL")?,
@@ -442,13 +446,9 @@ fn parse_file(keys: &mut Keys) -> Result<FileSpec, SpecError> {
 
 fn parse_fail(keys: &mut Keys) -> Result<FailSpec, SpecError> {
     let example = "fail:syscall=fork,errno=EAGAIN";
-    let Some(syscall) = keys.take("syscall") else {
-        return Err(missing(keys.kind, "syscall", example));
-    };
+    let syscall = keys.required("syscall", example)?;
     let syscall = parse_fail_syscall("syscall", syscall)?;
-    let Some(errno) = keys.take("errno") else {
-        return Err(missing(keys.kind, "errno", example));
-    };
+    let errno = keys.required("errno", example)?;
     let errno = parse_errno("errno", errno)?;
     let path = keys
         .take("path")
@@ -484,13 +484,7 @@ fn parse_device(keys: &mut Keys) -> Result<DeviceSpec, SpecError> {
                 )
             })
     };
-    let Some(major) = keys.take("major") else {
-        return Err(missing(
-            keys.kind,
-            "major",
-            "device:major=1,minor=5,errno=EIO",
-        ));
-    };
+    let major = keys.required("major", "device:major=1,minor=5,errno=EIO")?;
     let major = number("major", major)?;
     let minor = keys.take("minor").map(|v| number("minor", v)).transpose()?;
     let kind = match keys.take("type") {
@@ -529,13 +523,9 @@ fn parse_device(keys: &mut Keys) -> Result<DeviceSpec, SpecError> {
 
 fn parse_pause(keys: &mut Keys) -> Result<PauseSpec, SpecError> {
     let example = "pause:for=200ms,interval=2s";
-    let Some(length) = keys.take("for") else {
-        return Err(missing(keys.kind, "for", example));
-    };
+    let length = keys.required("for", example)?;
     let length = parse_duration("for", length)?;
-    let Some(interval) = keys.take("interval") else {
-        return Err(missing(keys.kind, "interval", example));
-    };
+    let interval = keys.required("interval", example)?;
     let interval = parse_duration("interval", interval)?;
     if length >= interval {
         return Err(SpecError::Conflict(
@@ -578,9 +568,7 @@ fn parse_pause(keys: &mut Keys) -> Result<PauseSpec, SpecError> {
 const MIN_PAUSE: Duration = Duration::from_millis(1);
 
 fn parse_delay(keys: &mut Keys) -> Result<DelaySpec, SpecError> {
-    let Some(time) = keys.take("time") else {
-        return Err(missing(keys.kind, "time", "delay:time=100ms,jitter=10ms"));
-    };
+    let time = keys.required("time", "delay:time=100ms,jitter=10ms")?;
     let text = time;
     let time = parse_duration("time", text)?;
     if time > MAX_DELAY {
@@ -605,9 +593,7 @@ fn parse_delay(keys: &mut Keys) -> Result<DelaySpec, SpecError> {
 }
 
 fn parse_bandwidth(keys: &mut Keys) -> Result<BandwidthSpec, SpecError> {
-    let Some(rate) = keys.take("rate") else {
-        return Err(missing(keys.kind, "rate", "bandwidth:rate=1mbit"));
-    };
+    let rate = keys.required("rate", "bandwidth:rate=1mbit")?;
     let rate = parse_rate("rate", rate)?;
     let burst = match keys.take("burst") {
         // Ten milliseconds at the rate, and at least one full-size packet of loopback.
@@ -694,13 +680,7 @@ fn parse_dns(keys: &mut Keys) -> Result<DnsSpec, SpecError> {
         ));
     }
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let Some(answer) = keys.take("answer") else {
-        return Err(missing(
-            keys.kind,
-            "answer",
-            "dns:name=*.example.com,answer=nxdomain",
-        ));
-    };
+    let answer = keys.required("answer", "dns:name=*.example.com,answer=nxdomain")?;
     let answer = match answer.to_ascii_lowercase().as_str() {
         "nxdomain" => DnsAnswer::Nxdomain,
         "servfail" => DnsAnswer::Servfail,
