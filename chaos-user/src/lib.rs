@@ -8,6 +8,7 @@ pub mod claim;
 pub mod cli;
 pub mod dns;
 pub mod error;
+pub mod fill;
 pub mod loader;
 pub mod netns;
 pub mod pacing;

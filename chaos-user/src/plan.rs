@@ -40,6 +40,8 @@ pub enum Carrier {
     Call(u32),
     /// `fd-limit`: the call rule where the file allocation hook runs, else the socket rule.
     FdLimit { call: u32, sock: u32 },
+    /// A file that takes a filesystem's space, made from user space.
+    DiskFill,
 }
 
 /// What a session's faults need from the kernel.
@@ -53,6 +55,8 @@ pub struct Plan {
     /// The `path=` prefixes of the call and crash rules: bit `1 << i` stands for
     /// `call_paths[i]`.
     pub call_paths: Vec<std::path::PathBuf>,
+    /// The directories `disk-fill` puts its files in.
+    pub fill_dirs: Vec<std::path::PathBuf>,
     /// For each fault, in order, where it lives.
     pub carriers: Vec<Carrier>,
     pub needs: Needs,
@@ -75,6 +79,13 @@ impl Plan {
             crash: Vec::new(),
             call: Vec::new(),
             call_paths: Vec::new(),
+            fill_dirs: faults
+                .iter()
+                .filter_map(|f| match f {
+                    FaultSpec::DiskFill(d) => Some(d.path.clone()),
+                    _ => None,
+                })
+                .collect(),
             carriers: Vec::new(),
             needs: Needs::default(),
             fq: false,
@@ -277,6 +288,7 @@ impl Plan {
                 return Ok(Carrier::Dns(self.dns.len() - 1));
             }
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
+            FaultSpec::DiskFill(_) => return Ok(Carrier::DiskFill),
             FaultSpec::File(file) => {
                 let ops = file.ops.iter().fold(0, |bits, op| bits | op.bit());
                 return Ok(self.add_call(ops, file.errno.number, file.path.as_deref(), file.when));
@@ -465,11 +477,19 @@ impl Plan {
     /// Fails with the first `path=` that cannot be looked up: refused as bad input before
     /// anything is loaded.
     pub fn check_paths(&self) -> Result<(), LoadError> {
-        for path in &self.call_paths {
+        for path in self.call_paths.iter().chain(&self.fill_dirs) {
             std::fs::metadata(path).map_err(|source| LoadError::Path {
                 path: path.display().to_string(),
                 source,
             })?;
+        }
+        for dir in &self.fill_dirs {
+            if !dir.is_dir() {
+                return Err(LoadError::Path {
+                    path: dir.display().to_string(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+                });
+            }
         }
         Ok(())
     }

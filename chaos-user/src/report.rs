@@ -164,7 +164,7 @@ impl Report {
             EndReason::TargetGone => "the target cgroup was removed or replaced",
         };
         let on = self.target.as_ref().map_or_else(
-            || "interfaces".to_string(),
+            || FaultSpec::scope(self.faults.iter().map(|f| &f.fault)).to_string(),
             |t| format!("cgroup {}", t.name),
         );
         let mut s = format!(
@@ -227,6 +227,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         | FaultSpec::File(_)
         | FaultSpec::Nospace(_)
         | FaultSpec::Fail(_) => "failed",
+        FaultSpec::DiskFill(_) => "filled",
         FaultSpec::Crash(_) => "signalled",
     }
 }

@@ -53,6 +53,8 @@ pub struct Session {
     upstream: Option<dns::Upstream>,
     resets: Vec<ResetState>,
     pauses: Vec<Pause>,
+    /// The files of `disk-fill`, by fault.
+    fills: Vec<(usize, crate::fill::Fill)>,
     /// Other network namespaces the target's processes are in, with what runs there.
     namespaces: Vec<Namespace>,
     /// What this session holds alone (`dns` of its target).
@@ -175,6 +177,7 @@ impl Session {
             upstream,
             resets,
             pauses,
+            fills: Vec::new(),
             namespaces: Vec::new(),
             _claims: claims,
         };
@@ -186,7 +189,7 @@ impl Session {
         session
             .programs
             .configure(session.target.as_ref(), &session.plan)?;
-        let attached = session.attach(undo);
+        let attached = session.attach(undo).and_then(|()| session.fill(undo));
         if let Err(e) = attached {
             session.detach(undo)?;
             return Err(e);
@@ -225,6 +228,25 @@ impl Session {
         Ok(())
     }
 
+    /// Makes the files of `disk-fill`, each in the undo log before it exists.
+    fn fill(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
+        for (i, fault) in self.faults.iter().enumerate() {
+            let FaultSpec::DiskFill(d) = fault else {
+                continue;
+            };
+            let made = crate::fill::fill(&d.path, d.leave, undo)?;
+            let left = crate::fill::space(&d.path).map_or(0, |s| s.available);
+            log::info!(
+                "disk-fill: {} takes {} bytes; {} bytes left free",
+                made.file.display(),
+                made.filled,
+                left
+            );
+            self.fills.push((i, made));
+        }
+        Ok(())
+    }
+
     /// Drops the programs (which detaches every link and netlink filter they hold), stops the
     /// responder, then undoes what the kernel does not undo by itself.
     fn detach(self, undo: &mut UndoLog) -> anyhow::Result<()> {
@@ -245,6 +267,7 @@ impl Session {
                     | Entry::FqQdisc { .. }
                     | Entry::PacingCaps { .. }
                     | Entry::Frozen { .. }
+                    | Entry::Fill { .. }
             )
         })?;
         Ok(())
@@ -389,6 +412,9 @@ impl Session {
         if !self.pauses.is_empty() {
             out.push("cgroup freezer".to_string());
         }
+        for (_, f) in &self.fills {
+            out.push(format!("disk-fill file {}", f.file.display()));
+        }
         for n in &self.namespaces {
             if n.responder.is_some() {
                 out.push(format!("dns responder in network namespace {}", n.ns.inode));
@@ -468,6 +494,19 @@ impl Session {
                 Carrier::Device(rule) => {
                     let c = self.programs.device_counters(rule)?;
                     counters.insert("accesses", Counters::from(c));
+                }
+                Carrier::DiskFill => {
+                    if let Some((_, f)) = self.fills.iter().find(|(at, _)| *at == i) {
+                        counters.insert(
+                            "bytes",
+                            Counters {
+                                matched: f.wanted,
+                                injected: f.filled,
+                                passed: 0,
+                                expired: 0,
+                            },
+                        );
+                    }
                 }
                 Carrier::Pause => {
                     if let Some(p) = self.pauses.iter().find(|p| p.fault == i) {

@@ -47,6 +47,8 @@ pub enum Entry {
     /// Pacing caps that `bandwidth` sets on the target's TCP connections, at these rates; they
     /// stay on the sockets until lifted.
     PacingCaps { cgroup: PathBuf, rates: Vec<u64> },
+    /// A file of `disk-fill` that takes a filesystem's free space; removed when undone.
+    Fill { file: PathBuf },
     /// An `fq` root qdisc that `delay` put in place of the interface's default one; removing
     /// it brings the default back.
     FqQdisc {
@@ -62,7 +64,10 @@ impl Entry {
     /// The network namespace the entry lives in, when not the injector's.
     fn netns(&self) -> Option<u64> {
         match self {
-            Entry::Cgroup { .. } | Entry::PacingCaps { .. } | Entry::Frozen { .. } => None,
+            Entry::Cgroup { .. }
+            | Entry::PacingCaps { .. }
+            | Entry::Frozen { .. }
+            | Entry::Fill { .. } => None,
             Entry::TcFilter { netns, .. }
             | Entry::ClsactQdisc { netns, .. }
             | Entry::FqQdisc { netns, .. } => *netns,
@@ -75,6 +80,7 @@ impl std::fmt::Display for Entry {
         match self {
             Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
             Entry::Frozen { cgroup } => write!(f, "the freeze of cgroup {}", cgroup.display()),
+            Entry::Fill { file } => write!(f, "disk-fill file {}", file.display()),
             Entry::PacingCaps { cgroup, .. } => {
                 write!(f, "TCP pacing caps in cgroup {}", cgroup.display())
             }
@@ -185,6 +191,20 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             crate::pause::set_frozen(cgroup, false)
                 .with_context(|| format!("thaw {}", cgroup.display()))?;
             Ok(Outcome::Undone)
+        }
+        Entry::Fill { file } => {
+            if !crate::fill::is_fill_file(file) {
+                return Ok(Outcome::Kept(format!(
+                    "{} is not a file that disk-fill makes; the undo log is damaged, so it is \
+                     left alone",
+                    file.display()
+                )));
+            }
+            match fs::remove_file(file) {
+                Ok(()) => Ok(Outcome::Undone),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Outcome::AlreadyGone),
+                Err(e) => Err(e).with_context(|| format!("remove {}", file.display())),
+            }
         }
         Entry::PacingCaps { cgroup, rates } => {
             if !cgroup.exists() {

@@ -153,15 +153,31 @@ fn answer(query: &[u8], seen: &std::sync::Mutex<Vec<String>>) -> Option<Vec<u8>>
     reply.to_vec().ok()
 }
 
-/// A resolv.conf that names the test's resolver, with short timeouts.
-fn resolv_conf() -> PathBuf {
+/// A resolv.conf that names the test's resolver, with short timeouts; removed when dropped.
+struct ResolvConf(PathBuf);
+
+impl std::ops::Deref for ResolvConf {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ResolvConf {
+    fn drop(&mut self) {
+        let _removed = std::fs::remove_file(&self.0);
+    }
+}
+
+fn resolv_conf() -> ResolvConf {
     let path = std::env::temp_dir().join(format!("chaos-resolv-{}.conf", std::process::id()));
     std::fs::write(
         &path,
         "nameserver 127.0.0.77\noptions timeout:1 attempts:1\n",
     )
     .expect("write resolv.conf");
-    path
+    ResolvConf(path)
 }
 
 /// `getent hosts NAME` (AAAA, then A) in a private mount namespace that sees `conf` as /etc/resolv.conf,
@@ -273,7 +289,6 @@ fn dns_answers_change_for_matching_names_only() {
         resolve(Some(&target), &conf, "spoof.test").1.as_deref(),
         Some("192.0.2.7")
     );
-    std::fs::remove_file(&conf).expect("remove resolv.conf");
 }
 
 #[test]
@@ -329,7 +344,6 @@ fn dns_reaches_a_target_in_another_network_namespace() {
     assert!(status.success(), "{lines:?}");
     let _killed = holder.kill();
     let _reaped = holder.wait();
-    std::fs::remove_file(&conf).expect("remove resolv.conf");
 }
 
 /// One query with the probe, in `cgroup`: its JSON line.

@@ -237,6 +237,13 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [loads("chaos_device")],
         ),
         fault(
+            "disk-fill",
+            "a file on the path's filesystem (fallocate, or zeros where it is missing), in the \
+             undo log before it exists"
+                .into(),
+            [Ok(())],
+        ),
+        fault(
             "pause",
             "the cgroup v2 freezer (cgroup.freeze)".into(),
             [freezer()],

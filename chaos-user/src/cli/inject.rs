@@ -72,11 +72,11 @@ fn inject(
         .build()?;
     let mut signals = signals::watch()?;
     let deadline = duration.map_or(Deadline::Lease, Deadline::At);
+    let scope = FaultSpec::scope(&faults);
     let mut session = Session::start(target.clone(), faults, deadline, undo)?;
-    let what = target.as_ref().map_or_else(
-        || "interfaces".to_string(),
-        |t| format!("cgroup {}", t.name),
-    );
+    let what = target
+        .as_ref()
+        .map_or_else(|| scope.to_string(), |t| format!("cgroup {}", t.name));
     note!(
         "chaos-user: injecting into {what} ({}); Ctrl-C to stop",
         session.attachments().join(", ")

@@ -39,6 +39,7 @@ pub const KINDS: &[&str] = &[
     "file",
     "nospace",
     "fail",
+    "disk-fill",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -139,6 +140,7 @@ pub enum FaultSpec {
     File(FileSpec),
     Nospace(NospaceSpec),
     Fail(FailSpec),
+    DiskFill(DiskFillSpec),
 }
 
 impl FaultSpec {
@@ -161,12 +163,27 @@ impl FaultSpec {
             FaultSpec::File(_) => "file",
             FaultSpec::Nospace(_) => "nospace",
             FaultSpec::Fail(_) => "fail",
+            FaultSpec::DiskFill(_) => "disk-fill",
         }
     }
 
-    /// Whether the fault acts on one cgroup (all but `xdp-drop`).
+    /// What faults without a cgroup act on, for messages: `interfaces`, `paths`, or both.
+    pub fn scope<'a>(faults: impl IntoIterator<Item = &'a FaultSpec>) -> &'static str {
+        let (mut interfaces, mut paths) = (false, false);
+        for f in faults {
+            interfaces |= matches!(f, FaultSpec::XdpDrop(_));
+            paths |= matches!(f, FaultSpec::DiskFill(_));
+        }
+        match (interfaces, paths) {
+            (true, true) => "interfaces and paths",
+            (false, true) => "paths",
+            _ => "interfaces",
+        }
+    }
+
+    /// Whether the fault acts on one cgroup (all but `xdp-drop` and the faults on a path).
     pub fn needs_cgroup(&self) -> bool {
-        !matches!(self, FaultSpec::XdpDrop(_))
+        !matches!(self, FaultSpec::XdpDrop(_) | FaultSpec::DiskFill(_))
     }
 }
 
@@ -495,6 +512,25 @@ impl FailSpec {
             .find(|(name, _, _)| *name == self.syscall)
             .map_or(0, |(_, ops, _)| *ops)
     }
+}
+
+/// `disk-fill`: the filesystem holding `path` filled up until `leave` is left, and emptied
+/// again at the end.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DiskFillSpec {
+    pub path: std::path::PathBuf,
+    #[serde(flatten)]
+    pub leave: Leave,
+}
+
+/// How full `disk-fill` makes a filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Leave {
+    /// Bytes left free (as `df` shows them: what unprivileged users may still write).
+    Free(u64),
+    /// The share in use, as `df`'s Use% counts it, in percent.
+    Use(f64),
 }
 
 /// `device`: opening (or creating) matching device nodes fails with `errno`.

@@ -45,6 +45,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "file" => &["op", "errno", "path", "nth", "every", "p"],
         "nospace" => &["path", "nth", "every", "p"],
         "fail" => &["syscall", "errno", "path", "nth", "every", "p"],
+        "disk-fill" => &["path", "free", "use"],
         _ => FILTER_KEYS,
     }
 }
@@ -153,6 +154,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
             when: keys.schedule(None)?,
         }),
         "fail" => FaultSpec::Fail(parse_fail(&mut keys)?),
+        "disk-fill" => FaultSpec::DiskFill(parse_disk_fill(&mut keys)?),
         _ => return Err(SpecError::UnknownKind(kind.to_string())),
     };
     keys.finish()?;
@@ -442,6 +444,36 @@ fn parse_file(keys: &mut Keys) -> Result<FileSpec, SpecError> {
             .transpose()?,
         when: keys.schedule(None)?,
     })
+}
+
+fn parse_disk_fill(keys: &mut Keys) -> Result<DiskFillSpec, SpecError> {
+    let example = "disk-fill:path=/var/lib/app,free=100MiB";
+    let path = parse_path("path", keys.required("path", example)?)?;
+    let free = keys
+        .take("free")
+        .map(|v| parse_size("free", v))
+        .transpose()?;
+    let used = keys
+        .take("use")
+        .map(|v| parse_percent("use", v))
+        .transpose()?;
+    let leave = match (free, used) {
+        (Some(free), None) => Leave::Free(free),
+        (None, Some(used)) => Leave::Use(used),
+        (None, None) => {
+            return Err(SpecError::MissingOneOf {
+                kind: keys.kind.to_string(),
+                keys: "`free`, `use`",
+                example,
+            });
+        }
+        (Some(_), Some(_)) => {
+            return Err(SpecError::Conflict(
+                "give free or use, not both: they are two ways to say how full".into(),
+            ));
+        }
+    };
+    Ok(DiskFillSpec { path, leave })
 }
 
 fn parse_fail(keys: &mut Keys) -> Result<FailSpec, SpecError> {

@@ -71,6 +71,9 @@ fn canonical_text_round_trips() {
         "fail:syscall=fork,errno=EAGAIN,p=0.1",
         "fail:syscall=mkdir,errno=EROFS,path=/srv,every=5",
         "crash:syscall=fsync,signal=SIGKILL,nth=3,path=/srv/db",
+        "disk-fill:path=/var/lib/app,free=100MiB",
+        "disk-fill:path=/mnt,use=95%",
+        "disk-fill:path=/mnt,use=99.5%",
     ] {
         let spec = parse_fault(text).unwrap();
         assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
@@ -226,6 +229,18 @@ fn bad_input_is_named() {
         ),
         ("device:major=4096", "bad value `4096` for `major`"),
         ("file:op=append", "bad value `append` for `op`"),
+        ("disk-fill", "`disk-fill` needs `path`"),
+        (
+            "disk-fill:path=/mnt",
+            "`disk-fill` needs one of `free`, `use`",
+        ),
+        ("disk-fill:path=/mnt,use=95", "bad value `95` for `use`"),
+        ("disk-fill:path=/mnt,use=0%", "bad value `0%` for `use`"),
+        ("disk-fill:path=/mnt,free=1MiB,use=5%", "not both"),
+        (
+            "disk-fill:path=/mnt,free=lots",
+            "bad value `lots` for `free`",
+        ),
         ("file:op=open+", "bad value `open+` for `op`"),
         ("file:path=relative/dir", "expected an absolute path"),
         ("file:errno=ENOPE", "bad value `ENOPE` for `errno`"),

@@ -170,6 +170,13 @@ impl fmt::Display for FaultSpec {
                 }
                 write!(f, "{}", n.when)
             }
+            FaultSpec::DiskFill(d) => {
+                write!(f, "disk-fill:path={},", d.path.display())?;
+                match d.leave {
+                    Leave::Free(bytes) => write!(f, "free={}", SizeText(bytes)),
+                    Leave::Use(percent) => write!(f, "use={percent}%"),
+                }
+            }
             FaultSpec::Fail(fail) => {
                 write!(f, "fail:syscall={},errno={}", fail.syscall, fail.errno.name)?;
                 write_path(f, fail.path.as_deref())?;

@@ -626,6 +626,21 @@ pub fn parse_fail_syscall(key: &str, value: &str) -> Result<&'static str, SpecEr
     ))
 }
 
+/// A share of a capacity in percent, `95%`: above 0, at most 100.
+pub fn parse_percent(key: &str, value: &str) -> Result<f64, SpecError> {
+    value
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .filter(|n| *n > 0.0 && *n <= 100.0)
+        .ok_or_else(|| {
+            bad(
+                key,
+                value,
+                "expected a percentage above 0 and at most 100, such as 95%",
+            )
+        })
+}
+
 /// An absolute path, as written (it is looked up when the session starts).
 pub fn parse_path(key: &str, value: &str) -> Result<std::path::PathBuf, SpecError> {
     if !value.starts_with('/') {

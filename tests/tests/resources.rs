@@ -1,0 +1,191 @@
+//! Resource and state faults: their effect on a real filesystem that the test makes.
+#![allow(clippy::print_stdout, reason = "tests print their measurements")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use chaos_tests::{Injector, chaos_user, root_or_skip, run, runtime_dir, skip, undo_logs};
+
+/// An ext4 filesystem in a file, loop-mounted on a directory of the test's own; unmounted and
+/// removed at the end.
+struct LoopFs {
+    dir: PathBuf,
+    image: PathBuf,
+}
+
+impl LoopFs {
+    /// `mib` MiB, or None (after a printed skip) where loop devices or mkfs.ext4 are missing.
+    fn new(label: &str, mib: u64) -> Option<LoopFs> {
+        let base = std::env::temp_dir().join(format!("chaos-{label}-{}", std::process::id()));
+        let (dir, image) = (base.with_extension("mnt"), base.with_extension("img"));
+        std::fs::create_dir_all(&dir).expect("create the mount point");
+        let file = std::fs::File::create(&image).expect("create the image");
+        file.set_len(mib << 20).expect("size the image");
+        let (status, _, stderr) = run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        if !status.success() {
+            skip(&format!("mkfs.ext4 (e2fsprogs) failed: {stderr}"));
+            return None;
+        }
+        let (status, _, stderr) = run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&dir));
+        if !status.success() {
+            let _removed = std::fs::remove_file(&image);
+            skip(&format!("loop devices (CONFIG_BLK_DEV_LOOP): {stderr}"));
+            return None;
+        }
+        Some(LoopFs { dir, image })
+    }
+
+    /// (used, available) bytes, as `df` counts them.
+    fn space(&self) -> (u64, u64) {
+        let s = chaos_user::fill::space(&self.dir).expect("statvfs");
+        (s.used, s.available)
+    }
+
+    fn fill_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .expect("list the filesystem")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".chaos-fill-"))
+            .collect()
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _unmounted = run(Command::new("umount").arg(&self.dir));
+        let _removed = std::fs::remove_dir(&self.dir);
+        let _removed = std::fs::remove_file(&self.image);
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `bytes` into a new file under `dir`; the errno it stopped at, or 0.
+fn write_file(dir: &Path, bytes: u64) -> i32 {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(dir.join("data")).expect("create");
+    let chunk = vec![1u8; MIB as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        if let Err(e) = file.write_all(&chunk[..n]).and_then(|()| file.sync_all()) {
+            return e.raw_os_error().unwrap_or(-1);
+        }
+        left -= n as u64;
+    }
+    0
+}
+
+#[test]
+fn disk_fill_leaves_the_asked_free_space_and_removes_its_file() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new("disk-fill", 64) else {
+        return;
+    };
+    let (_, before) = fs.space();
+    let spec = format!("disk-fill:path={},free=8MiB", fs.dir.display());
+    let injector = Injector::start(&["inject", "--fault", &spec]);
+    let (_, during) = fs.space();
+    println!("available: {before} before, {during} during");
+    assert!(
+        (7 * MIB..=8 * MIB).contains(&during),
+        "8 MiB asked, {during} left"
+    );
+    assert_eq!(fs.fill_files().len(), 1);
+    assert_eq!(
+        write_file(&fs.dir, 16 * MIB),
+        libc::ENOSPC,
+        "a write past it"
+    );
+    std::fs::remove_file(fs.dir.join("data")).expect("remove the data");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(fs.fill_files().is_empty(), "the fill is gone");
+    let (_, after) = fs.space();
+    assert!(
+        after + MIB >= before,
+        "the space came back: {after} of {before}"
+    );
+    assert_eq!(write_file(&fs.dir, 16 * MIB), 0, "after the session");
+}
+
+#[test]
+fn disk_fill_by_share_in_use() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new("disk-use", 64) else {
+        return;
+    };
+    let spec = format!("disk-fill:path={},use=90%", fs.dir.display());
+    let injector = Injector::start(&["inject", "--fault", &spec]);
+    let (used, available) = fs.space();
+    let share = 100.0 * used as f64 / (used + available) as f64;
+    println!("in use: {share:.2}%");
+    assert!(
+        (90.0..91.0).contains(&share),
+        "90% asked, {share:.2}% in use"
+    );
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(fs.fill_files().is_empty());
+}
+
+#[test]
+fn disk_fill_after_sigkill_is_removed_by_recover() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new("disk-kill", 64) else {
+        return;
+    };
+    let (_, before) = fs.space();
+    let spec = format!("disk-fill:path={},free=4MiB", fs.dir.display());
+    let mut injector = Injector::start(&["inject", "--fault", &spec]);
+    injector.signal(libc::SIGKILL);
+    let (status, _) = injector.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
+    assert_eq!(
+        fs.fill_files().len(),
+        1,
+        "a killed injector leaves its fill"
+    );
+    let logged = undo_logs().iter().any(|name| {
+        std::fs::read_to_string(runtime_dir().join(name))
+            .is_ok_and(|text| text.contains(".chaos-fill-"))
+    });
+    assert!(logged, "and its undo log says so");
+    let (status, stdout, stderr) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "recover: {stdout} {stderr}");
+    assert!(fs.fill_files().is_empty(), "recover removed the fill");
+    let (_, after) = fs.space();
+    assert!(
+        after + MIB >= before,
+        "the space came back: {after} of {before}"
+    );
+}
+
+#[test]
+fn disk_fill_refuses_what_is_not_a_directory() {
+    if !root_or_skip() {
+        return;
+    }
+    for spec in [
+        "disk-fill:path=/nonexistent/dir,free=1MiB",
+        "disk-fill:path=/etc/hostname,free=1MiB",
+        "disk-fill:path=relative,free=1MiB",
+        "disk-fill:path=/tmp,free=1MiB,use=50%",
+    ] {
+        let (status, _, stderr) = run(chaos_user().args(["inject", "--fault", spec]));
+        assert_eq!(status.code(), Some(2), "{spec}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{spec}: one line: {stderr}");
+    }
+}
