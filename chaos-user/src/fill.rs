@@ -1,5 +1,6 @@
 //! `disk-fill`: one file that takes a filesystem's free space down to what the fault leaves,
 //! written into the undo log before it exists and removed at the end (or by `recover`).
+//! `page-cache`: the cached pages of files under a path dropped.
 
 use std::{
     fs,
@@ -125,6 +126,39 @@ pub fn is_fill_file(file: &Path) -> bool {
         && !file
             .components()
             .any(|c| c == std::path::Component::ParentDir)
+}
+
+/// Drops the clean cached pages of every regular file under `path` (the file itself, or a
+/// directory walked without following symlinks). Returns (files seen, files dropped).
+pub fn drop_page_cache(path: &Path) -> (u64, u64) {
+    let mut seen = 0;
+    let mut dropped = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        let Ok(meta) = fs::symlink_metadata(&at) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(&at) {
+                pending.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+            }
+            continue;
+        }
+        if !meta.is_file() {
+            continue;
+        }
+        seen += 1;
+        let Ok(file) = fs::File::open(&at) else {
+            continue;
+        };
+        // SAFETY: fadvise on a descriptor this function owns; 0, 0 is the whole file.
+        let advised =
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if advised == 0 {
+            dropped += 1;
+        }
+    }
+    (seen, dropped)
 }
 
 #[cfg(test)]

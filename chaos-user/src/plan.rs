@@ -42,6 +42,8 @@ pub enum Carrier {
     FdLimit { call: u32, sock: u32 },
     /// A file that takes a filesystem's space, made from user space.
     DiskFill,
+    /// Cached pages dropped from user space.
+    PageCache,
 }
 
 /// What a session's faults need from the kernel.
@@ -57,6 +59,8 @@ pub struct Plan {
     pub call_paths: Vec<std::path::PathBuf>,
     /// The directories `disk-fill` puts its files in.
     pub fill_dirs: Vec<std::path::PathBuf>,
+    /// What `page-cache` drops the cache of.
+    pub cache_paths: Vec<std::path::PathBuf>,
     /// For each fault, in order, where it lives.
     pub carriers: Vec<Carrier>,
     pub needs: Needs,
@@ -83,6 +87,13 @@ impl Plan {
                 .iter()
                 .filter_map(|f| match f {
                     FaultSpec::DiskFill(d) => Some(d.path.clone()),
+                    _ => None,
+                })
+                .collect(),
+            cache_paths: faults
+                .iter()
+                .filter_map(|f| match f {
+                    FaultSpec::PageCache(c) => Some(c.path.clone()),
                     _ => None,
                 })
                 .collect(),
@@ -289,6 +300,7 @@ impl Plan {
             }
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
             FaultSpec::DiskFill(_) => return Ok(Carrier::DiskFill),
+            FaultSpec::PageCache(_) => return Ok(Carrier::PageCache),
             FaultSpec::File(file) => {
                 let ops = file.ops.iter().fold(0, |bits, op| bits | op.bit());
                 return Ok(self.add_call(ops, file.errno.number, file.path.as_deref(), file.when));
@@ -477,7 +489,12 @@ impl Plan {
     /// Fails with the first `path=` that cannot be looked up: refused as bad input before
     /// anything is loaded.
     pub fn check_paths(&self) -> Result<(), LoadError> {
-        for path in self.call_paths.iter().chain(&self.fill_dirs) {
+        for path in self
+            .call_paths
+            .iter()
+            .chain(&self.fill_dirs)
+            .chain(&self.cache_paths)
+        {
             std::fs::metadata(path).map_err(|source| LoadError::Path {
                 path: path.display().to_string(),
                 source,

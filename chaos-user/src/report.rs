@@ -228,6 +228,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         | FaultSpec::Nospace(_)
         | FaultSpec::Fail(_) => "failed",
         FaultSpec::DiskFill(_) => "filled",
+        FaultSpec::PageCache(_) => "dropped",
         FaultSpec::Crash(_) => "signalled",
     }
 }

@@ -55,6 +55,8 @@ pub struct Session {
     pauses: Vec<Pause>,
     /// The files of `disk-fill`, by fault.
     fills: Vec<(usize, crate::fill::Fill)>,
+    /// The `page-cache` faults' schedules and tallies.
+    caches: Vec<CacheState>,
     /// Other network namespaces the target's processes are in, with what runs there.
     namespaces: Vec<Namespace>,
     /// What this session holds alone (`dns` of its target).
@@ -65,6 +67,17 @@ pub struct Session {
 struct Namespace {
     ns: Netns,
     responder: Option<dns::Responder>,
+}
+
+/// A `page-cache` fault's schedule and tally.
+struct CacheState {
+    fault: usize,
+    path: std::path::PathBuf,
+    interval: Option<Duration>,
+    next: Option<std::time::Instant>,
+    /// Files seen and files whose pages were dropped, over all rounds.
+    seen: u64,
+    dropped: u64,
 }
 
 /// A `reset` fault's schedule and tally.
@@ -126,6 +139,21 @@ impl Session {
                 _ => None,
             })
             .collect();
+        let caches = faults
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match f {
+                FaultSpec::PageCache(c) => Some(CacheState {
+                    fault: i,
+                    path: c.path.clone(),
+                    interval: c.interval,
+                    next: Some(std::time::Instant::now()),
+                    seen: 0,
+                    dropped: 0,
+                }),
+                _ => None,
+            })
+            .collect();
         let mut faults = faults;
         let mut pauses = Vec::new();
         for (i, f) in faults.iter_mut().enumerate() {
@@ -178,6 +206,7 @@ impl Session {
             resets,
             pauses,
             fills: Vec::new(),
+            caches,
             namespaces: Vec::new(),
             _claims: claims,
         };
@@ -357,10 +386,19 @@ impl Session {
 
     /// Does what the user-space faults have due now: `reset` rounds, `pause` freezes and thaws.
     pub fn due(&mut self) -> anyhow::Result<()> {
+        let now = std::time::Instant::now();
+        for cache in &mut self.caches {
+            if cache.next.is_none_or(|next| next > now) {
+                continue;
+            }
+            let (seen, dropped) = crate::fill::drop_page_cache(&cache.path);
+            cache.seen += seen;
+            cache.dropped += dropped;
+            cache.next = cache.interval.map(|i| now + i);
+        }
         let Some(target) = &self.target else {
             return Ok(());
         };
-        let now = std::time::Instant::now();
         for pause in &mut self.pauses {
             pause
                 .step(&target.path, now)
@@ -392,7 +430,11 @@ impl Session {
     /// When the next user-space fault is due, if one is.
     pub fn next_due(&self) -> Option<std::time::Instant> {
         let resets = self.resets.iter().filter_map(|r| r.next);
-        resets.chain(self.pauses.iter().map(Pause::next)).min()
+        let caches = self.caches.iter().filter_map(|c| c.next);
+        resets
+            .chain(caches)
+            .chain(self.pauses.iter().map(Pause::next))
+            .min()
     }
 
     /// The target cgroup.
@@ -414,6 +456,9 @@ impl Session {
         }
         for (_, f) in &self.fills {
             out.push(format!("disk-fill file {}", f.file.display()));
+        }
+        for c in &self.caches {
+            out.push(format!("page cache of {}", c.path.display()));
         }
         for n in &self.namespaces {
             if n.responder.is_some() {
@@ -494,6 +539,19 @@ impl Session {
                 Carrier::Device(rule) => {
                     let c = self.programs.device_counters(rule)?;
                     counters.insert("accesses", Counters::from(c));
+                }
+                Carrier::PageCache => {
+                    if let Some(c) = self.caches.iter().find(|c| c.fault == i) {
+                        counters.insert(
+                            "files",
+                            Counters {
+                                matched: c.seen,
+                                injected: c.dropped,
+                                passed: c.seen - c.dropped,
+                                expired: 0,
+                            },
+                        );
+                    }
                 }
                 Carrier::DiskFill => {
                     if let Some((_, f)) = self.fills.iter().find(|(at, _)| *at == i) {

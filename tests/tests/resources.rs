@@ -189,3 +189,86 @@ fn disk_fill_refuses_what_is_not_a_directory() {
         assert_eq!(stderr.lines().count(), 1, "{spec}: one line: {stderr}");
     }
 }
+
+/// The share of `path`'s pages in the page cache (mincore).
+fn resident(path: &Path) -> f64 {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).expect("open");
+    let len = file.metadata().expect("stat").len() as usize;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: a read-only shared mapping of a file this function holds open, unmapped before
+    // it returns; mincore writes one byte per page into a vector of that many.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap");
+        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0, "mincore");
+        libc::munmap(addr, len);
+    }
+    vec.iter().filter(|b| *b & 1 != 0).count() as f64 / pages as f64
+}
+
+/// Reads all of `path`, which puts it in the page cache.
+fn read_all(path: &Path) {
+    let data = std::fs::read(path).expect("read");
+    assert!(!data.is_empty());
+}
+
+#[test]
+fn page_cache_drops_the_cached_pages_under_the_path() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new("page-cache", 64) else {
+        return;
+    };
+    let sub = fs.dir.join("sub");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    let (inside, outside) = (sub.join("cold"), fs.dir.join("warm"));
+    for file in [&inside, &outside] {
+        std::fs::write(file, vec![7u8; 8 * MIB as usize]).expect("write");
+        let (status, _, _) = run(Command::new("sync").arg(file));
+        assert!(status.success());
+        read_all(file);
+        assert!(resident(file) > 0.99, "cached after a read");
+    }
+    let report = std::env::temp_dir().join(format!("chaos-cache-{}.json", std::process::id()));
+    let spec = format!("page-cache:path={},interval=200ms", sub.display());
+    let injector = Injector::start(&[
+        "inject",
+        "--fault",
+        &spec,
+        "--json",
+        report.to_str().expect("UTF-8"),
+    ]);
+    let cold = resident(&inside);
+    println!(
+        "resident under the path: {cold:.3}, beside it: {:.3}",
+        resident(&outside)
+    );
+    assert!(cold < 0.05, "dropped at the start: {cold}");
+    assert!(
+        resident(&outside) > 0.99,
+        "a file beside the path stays cached"
+    );
+    read_all(&inside);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let again = resident(&inside);
+    assert!(again < 0.05, "dropped again on the interval: {again}");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+    std::fs::remove_file(&report).expect("remove the report");
+    let dropped = r["faults"][0]["files"]["injected"].as_u64().expect("count");
+    assert!(dropped >= 3, "one file, three rounds at least: {r}");
+}

@@ -244,6 +244,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [Ok(())],
         ),
         fault(
+            "page-cache",
+            "posix_fadvise(DONTNEED) on every file under the path".into(),
+            [Ok(())],
+        ),
+        fault(
             "pause",
             "the cgroup v2 freezer (cgroup.freeze)".into(),
             [freezer()],

@@ -67,6 +67,8 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   fd-limit   new files, pipes and sockets fail with EMFILE (sockets only without BPF
              trampolines)   [p=1]
   disk-fill  the filesystem of a path filled up (no --cgroup)   path=/DIR free=100MiB|use=95%
+  page-cache cached pages of the files under a path dropped (no --cgroup)   path=PREFIX
+             [interval=1s]
   device     device nodes fail to open   major=N [minor=N] [type=char|block] [access=rwm]
              [errno=EPERM] [p=1]
   path=PREFIX is an absolute directory (or file): what lies under it, however it is named.

@@ -40,6 +40,7 @@ pub const KINDS: &[&str] = &[
     "nospace",
     "fail",
     "disk-fill",
+    "page-cache",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -141,6 +142,7 @@ pub enum FaultSpec {
     Nospace(NospaceSpec),
     Fail(FailSpec),
     DiskFill(DiskFillSpec),
+    PageCache(PageCacheSpec),
 }
 
 impl FaultSpec {
@@ -164,6 +166,7 @@ impl FaultSpec {
             FaultSpec::Nospace(_) => "nospace",
             FaultSpec::Fail(_) => "fail",
             FaultSpec::DiskFill(_) => "disk-fill",
+            FaultSpec::PageCache(_) => "page-cache",
         }
     }
 
@@ -172,7 +175,7 @@ impl FaultSpec {
         let (mut interfaces, mut paths) = (false, false);
         for f in faults {
             interfaces |= matches!(f, FaultSpec::XdpDrop(_));
-            paths |= matches!(f, FaultSpec::DiskFill(_));
+            paths |= matches!(f, FaultSpec::DiskFill(_) | FaultSpec::PageCache(_));
         }
         match (interfaces, paths) {
             (true, true) => "interfaces and paths",
@@ -183,7 +186,10 @@ impl FaultSpec {
 
     /// Whether the fault acts on one cgroup (all but `xdp-drop` and the faults on a path).
     pub fn needs_cgroup(&self) -> bool {
-        !matches!(self, FaultSpec::XdpDrop(_) | FaultSpec::DiskFill(_))
+        !matches!(
+            self,
+            FaultSpec::XdpDrop(_) | FaultSpec::DiskFill(_) | FaultSpec::PageCache(_)
+        )
     }
 }
 
@@ -521,6 +527,18 @@ pub struct DiskFillSpec {
     pub path: std::path::PathBuf,
     #[serde(flatten)]
     pub leave: Leave,
+}
+
+/// `page-cache`: the cached pages of the files under `path` dropped, once or every
+/// `interval`, for cold-cache reads.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PageCacheSpec {
+    pub path: std::path::PathBuf,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "text::serialize_some_duration"
+    )]
+    pub interval: Option<Duration>,
 }
 
 /// How full `disk-fill` makes a filesystem.

@@ -46,6 +46,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "nospace" => &["path", "nth", "every", "p"],
         "fail" => &["syscall", "errno", "path", "nth", "every", "p"],
         "disk-fill" => &["path", "free", "use"],
+        "page-cache" => &["path", "interval"],
         _ => FILTER_KEYS,
     }
 }
@@ -155,6 +156,20 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         }),
         "fail" => FaultSpec::Fail(parse_fail(&mut keys)?),
         "disk-fill" => FaultSpec::DiskFill(parse_disk_fill(&mut keys)?),
+        "page-cache" => {
+            let path = keys.required("path", "page-cache:path=/var/lib/app,interval=1s")?;
+            let path = parse_path("path", path)?;
+            let interval = match keys.take("interval") {
+                None => None,
+                Some(v) => match parse_duration("interval", v)? {
+                    i if i < MIN_RESET_INTERVAL => {
+                        return Err(bad("interval", v, "at least 100ms"));
+                    }
+                    i => Some(i),
+                },
+            };
+            FaultSpec::PageCache(PageCacheSpec { path, interval })
+        }
         _ => return Err(SpecError::UnknownKind(kind.to_string())),
     };
     keys.finish()?;
@@ -311,7 +326,7 @@ fn split_pairs<'a>(kind: &str, rest: &'a str) -> Result<Vec<(&'a str, &'a str)>,
     Ok(pairs)
 }
 
-/// The shortest `reset` interval: each round walks the target's sockets.
+/// The shortest `reset` and `page-cache` interval: each round walks sockets or files.
 const MIN_RESET_INTERVAL: Duration = Duration::from_millis(100);
 
 const GILBERT_EXAMPLE: &str = "loss:model=gilbert,enter_bad=0.01,leave_bad=0.3";

@@ -74,6 +74,8 @@ fn canonical_text_round_trips() {
         "disk-fill:path=/var/lib/app,free=100MiB",
         "disk-fill:path=/mnt,use=95%",
         "disk-fill:path=/mnt,use=99.5%",
+        "page-cache:path=/var/lib/db",
+        "page-cache:path=/var/lib/db,interval=500ms",
     ] {
         let spec = parse_fault(text).unwrap();
         assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
@@ -230,6 +232,9 @@ fn bad_input_is_named() {
         ("device:major=4096", "bad value `4096` for `major`"),
         ("file:op=append", "bad value `append` for `op`"),
         ("disk-fill", "`disk-fill` needs `path`"),
+        ("page-cache", "`page-cache` needs `path`"),
+        ("page-cache:path=/x,interval=10ms", "at least 100ms"),
+        ("page-cache:path=x", "expected an absolute path"),
         (
             "disk-fill:path=/mnt",
             "`disk-fill` needs one of `free`, `use`",

@@ -177,6 +177,13 @@ impl fmt::Display for FaultSpec {
                     Leave::Use(percent) => write!(f, "use={percent}%"),
                 }
             }
+            FaultSpec::PageCache(c) => {
+                write!(f, "page-cache:path={}", c.path.display())?;
+                match c.interval {
+                    Some(i) => write!(f, ",interval={}", d(&i)),
+                    None => Ok(()),
+                }
+            }
             FaultSpec::Fail(fail) => {
                 write!(f, "fail:syscall={},errno={}", fail.syscall, fail.errno.name)?;
                 write_path(f, fail.path.as_deref())?;
