@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod claim;
 pub mod cli;
+pub mod corrupt;
 pub mod dns;
 pub mod error;
 pub mod fill;

@@ -44,6 +44,8 @@ pub enum Carrier {
     DiskFill,
     /// Cached pages dropped from user space.
     PageCache,
+    /// A file damaged from user space.
+    CorruptFile,
 }
 
 /// What a session's faults need from the kernel.
@@ -94,6 +96,7 @@ impl Plan {
                 .iter()
                 .filter_map(|f| match f {
                     FaultSpec::PageCache(c) => Some(c.path.clone()),
+                    FaultSpec::CorruptFile(c) => Some(c.path.clone()),
                     _ => None,
                 })
                 .collect(),
@@ -301,6 +304,7 @@ impl Plan {
             FaultSpec::Reset(_) => return Ok(Carrier::Reset),
             FaultSpec::DiskFill(_) => return Ok(Carrier::DiskFill),
             FaultSpec::PageCache(_) => return Ok(Carrier::PageCache),
+            FaultSpec::CorruptFile(_) => return Ok(Carrier::CorruptFile),
             FaultSpec::File(file) => {
                 let ops = file.ops.iter().fold(0, |bits, op| bits | op.bit());
                 return Ok(self.add_call(ops, file.errno.number, file.path.as_deref(), file.when));

@@ -188,6 +188,13 @@ impl Report {
                     c.passed,
                     ratio(*c, acted),
                 );
+                if let FaultSpec::CorruptFile(c) = &f.fault {
+                    s += &format!(
+                        "    the damage stays; the original is saved: chaos-user inject \
+                         --restore --fault corrupt-file:path={} puts it back\n",
+                        c.path.display()
+                    );
+                }
                 if matches!(f.fault, FaultSpec::FdLimit(_)) && *place == "sockets" {
                     s += "    (sockets only: this kernel runs no BPF trampolines, so files, pipes \
                           and accepted connections are left alone)\n";
@@ -229,6 +236,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         | FaultSpec::Fail(_) => "failed",
         FaultSpec::DiskFill(_) => "filled",
         FaultSpec::PageCache(_) => "dropped",
+        FaultSpec::CorruptFile(_) => "damaged",
         FaultSpec::Crash(_) => "signalled",
     }
 }

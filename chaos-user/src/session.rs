@@ -57,6 +57,8 @@ pub struct Session {
     fills: Vec<(usize, crate::fill::Fill)>,
     /// The `page-cache` faults' schedules and tallies.
     caches: Vec<CacheState>,
+    /// The files `corrupt-file` damaged, by fault: where the original went, what changed.
+    damages: Vec<(usize, crate::corrupt::Saved, u64)>,
     /// Other network namespaces the target's processes are in, with what runs there.
     namespaces: Vec<Namespace>,
     /// What this session holds alone (`dns` of its target).
@@ -207,6 +209,7 @@ impl Session {
             pauses,
             fills: Vec::new(),
             caches,
+            damages: Vec::new(),
             namespaces: Vec::new(),
             _claims: claims,
         };
@@ -257,9 +260,25 @@ impl Session {
         Ok(())
     }
 
-    /// Makes the files of `disk-fill`, each in the undo log before it exists.
+    /// Makes the files of `disk-fill`, each in the undo log before it exists, and does the
+    /// damage of `corrupt-file`, each original saved first.
     fn fill(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
-        for (i, fault) in self.faults.iter().enumerate() {
+        for (i, fault) in self.faults.iter_mut().enumerate() {
+            if let FaultSpec::CorruptFile(c) = fault {
+                if let spec::CorruptMode::Bitflip { seed, .. } = &mut c.mode {
+                    // The report's spec then replays the same bits.
+                    seed.get_or_insert_with(|| fastrand::u64(..));
+                }
+                let saved = crate::corrupt::save(&c.path)?;
+                let changed = crate::corrupt::damage(&c.path, &c.mode)?;
+                log::info!(
+                    "corrupt-file: {} damaged ({changed} bytes or bits); the original is in {}",
+                    c.path.display(),
+                    saved.dir.display()
+                );
+                self.damages.push((i, saved, changed));
+                continue;
+            }
             let FaultSpec::DiskFill(d) = fault else {
                 continue;
             };
@@ -460,6 +479,13 @@ impl Session {
         for c in &self.caches {
             out.push(format!("page cache of {}", c.path.display()));
         }
+        for (_, saved, _) in &self.damages {
+            out.push(format!(
+                "damage to {} (original saved in {})",
+                saved.path.display(),
+                saved.dir.display()
+            ));
+        }
         for n in &self.namespaces {
             if n.responder.is_some() {
                 out.push(format!("dns responder in network namespace {}", n.ns.inode));
@@ -539,6 +565,27 @@ impl Session {
                 Carrier::Device(rule) => {
                     let c = self.programs.device_counters(rule)?;
                     counters.insert("accesses", Counters::from(c));
+                }
+                Carrier::CorruptFile => {
+                    if let Some((_, _, changed)) = self.damages.iter().find(|(at, _, _)| *at == i) {
+                        let place = match fault {
+                            FaultSpec::CorruptFile(c)
+                                if matches!(c.mode, spec::CorruptMode::Bitflip { .. }) =>
+                            {
+                                "bits"
+                            }
+                            _ => "bytes",
+                        };
+                        counters.insert(
+                            place,
+                            Counters {
+                                matched: *changed,
+                                injected: *changed,
+                                passed: 0,
+                                expired: 0,
+                            },
+                        );
+                    }
                 }
                 Carrier::PageCache => {
                     if let Some(c) = self.caches.iter().find(|c| c.fault == i) {

@@ -272,3 +272,106 @@ fn page_cache_drops_the_cached_pages_under_the_path() {
     let dropped = r["faults"][0]["files"]["injected"].as_u64().expect("count");
     assert!(dropped >= 3, "one file, three rounds at least: {r}");
 }
+
+#[test]
+fn corrupt_file_breaks_a_sqlite_database_until_restored() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("chaos-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let db = dir.join("db");
+    let sql = |statement: &str| {
+        let (status, stdout, stderr) =
+            run(Command::new("/usr/bin/sqlite3").arg(&db).arg(statement));
+        (status.success(), format!("{stdout}{stderr}"))
+    };
+    let (ok, out) = sql(
+        "create table t(x); with recursive c(i) as (select 1 union all select i+1 from c \
+         where i<2000) insert into t select printf('row %d and some text', i) from c;",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(sql("pragma integrity_check;").1.trim(), "ok");
+    let before = std::fs::read(&db).expect("read the database");
+
+    let spec = format!(
+        "corrupt-file:path={},mode=torn,offset=8KiB,len=1",
+        db.display()
+    );
+    let (status, _, stderr) =
+        run(chaos_user().args(["inject", "--fault", &spec, "--duration", "1s"]));
+    assert!(status.success(), "{stderr}");
+    let (_, check) = sql("pragma integrity_check;");
+    println!(
+        "after the damage: {}",
+        check.lines().next().unwrap_or_default()
+    );
+    assert_ne!(check.trim(), "ok", "the damage shows");
+    let (_, listed, _) = run(chaos_user().arg("recover"));
+    assert!(
+        listed.contains(&format!("saved original of {}", db.display())),
+        "{listed}"
+    );
+    assert_ne!(
+        std::fs::read(&db).expect("read"),
+        before,
+        "recover leaves the damage"
+    );
+
+    let restore = ["inject", "--restore", "--fault"];
+    let (status, _, stderr) = run(chaos_user()
+        .args(restore)
+        .arg(format!("corrupt-file:path={}", db.display())));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(sql("pragma integrity_check;").1.trim(), "ok", "restored");
+    assert_eq!(std::fs::read(&db).expect("read"), before, "byte for byte");
+    let (status, _, stderr) = run(chaos_user()
+        .args(restore)
+        .arg(format!("corrupt-file:path={}", db.display())));
+    assert_eq!(status.code(), Some(2), "nothing left to restore: {stderr}");
+    std::fs::remove_dir_all(&dir).expect("remove the test directory");
+}
+
+#[test]
+fn corrupt_file_bitflips_replay_from_the_reported_seed() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("chaos-bitflip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let report = dir.join("report.json");
+    // Damages a file of zeros, puts the original back, and returns the damaged bytes and the
+    // report.
+    let flip = |name: &str, extra: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, vec![0u8; 4096]).expect("write");
+        let spec = format!("corrupt-file:path={},count=16{extra}", file.display());
+        let (status, _, stderr) = run(chaos_user()
+            .args(["inject", "--duration", "1s", "--json"])
+            .arg(&report)
+            .args(["--fault", &spec]));
+        assert!(status.success(), "{stderr}");
+        let damaged = std::fs::read(&file).expect("read");
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+        let restore = format!("corrupt-file:path={}", file.display());
+        let (status, _, stderr) =
+            run(chaos_user().args(["inject", "--restore", "--fault", &restore]));
+        assert!(status.success(), "{stderr}");
+        assert!(std::fs::read(&file).expect("read").iter().all(|b| *b == 0));
+        (damaged, r)
+    };
+    let (first, r) = flip("a", "");
+    assert_eq!(
+        first.iter().map(|b| b.count_ones()).sum::<u32>(),
+        16,
+        "16 distinct bits"
+    );
+    assert_eq!(r["faults"][0]["bits"]["injected"], 16, "{r}");
+    let seed = r["faults"][0]["fault"]["seed"]
+        .as_u64()
+        .expect("the seed is reported");
+    let (again, _) = flip("b", &format!(",seed={seed}"));
+    assert_eq!(again, first, "the reported seed replays the same bits");
+    std::fs::remove_dir_all(&dir).expect("remove the test directory");
+}

@@ -244,6 +244,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [Ok(())],
         ),
         fault(
+            "corrupt-file",
+            "writes to the file, its original saved first in the runtime folder".into(),
+            [Ok(())],
+        ),
+        fault(
             "page-cache",
             "posix_fadvise(DONTNEED) on every file under the path".into(),
             [Ok(())],

@@ -17,6 +17,9 @@ use crate::{
 
 pub(super) fn main(args: InjectArgs) -> Result<i32> {
     let (faults, duration) = args.faults.parse()?;
+    if args.restore {
+        return restore(&faults);
+    }
     // Refused here, before anything is loaded.
     Plan::dry(&faults)?.check_paths()?;
     let target = match args.cgroup.as_deref() {
@@ -250,4 +253,39 @@ pub(super) async fn wake_at(at: Option<Instant>) {
         Some(at) => sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
     }
+}
+
+/// `inject --restore`: the saved originals of the `corrupt-file` faults' files put back.
+fn restore(faults: &[FaultSpec]) -> Result<i32> {
+    let mut paths = Vec::new();
+    for f in faults {
+        match f {
+            FaultSpec::CorruptFile(c) => paths.push(c.path.clone()),
+            other => {
+                return Err(crate::error::UsageError {
+                    message: format!(
+                        "--restore puts back what corrupt-file damaged; `{}` has nothing to \
+                         restore",
+                        other.kind()
+                    ),
+                    hint: Some(
+                        "give only --fault corrupt-file:path=FILE (other keys are ignored)".into(),
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    for path in paths {
+        let saved = crate::corrupt::restore(&path)?;
+        out!(
+            "restored {} from the original saved at {} ({} bytes)",
+            saved.path.display(),
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(saved.saved_at)
+            ),
+            saved.size
+        );
+    }
+    Ok(0)
 }

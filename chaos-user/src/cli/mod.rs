@@ -69,6 +69,9 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   disk-fill  the filesystem of a path filled up (no --cgroup)   path=/DIR free=100MiB|use=95%
   page-cache cached pages of the files under a path dropped (no --cgroup)   path=PREFIX
              [interval=1s]
+  corrupt-file  a file damaged once, its original saved (no --cgroup)   path=FILE
+             mode=bitflip [count=1] [seed=N] | truncate to=SIZE | torn|zero-range offset= len=
+             (inject --restore --fault corrupt-file:path=FILE puts the original back)
   device     device nodes fail to open   major=N [minor=N] [type=char|block] [access=rwm]
              [errno=EPERM] [p=1]
   path=PREFIX is an absolute directory (or file): what lies under it, however it is named.
@@ -234,6 +237,11 @@ struct InjectArgs {
     /// Allow the root cgroup, chaos-user's own cgroup or its ancestors, and PID 1's cgroup.
     #[arg(long)]
     force: bool,
+
+    /// Put back the saved originals of the files that the `corrupt-file` faults name, instead
+    /// of damaging them (`recover` lists what is saved).
+    #[arg(long, conflicts_with_all = ["dry_run", "cgroup"])]
+    restore: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ pub(super) fn main() -> Result<i32> {
     let found = undo::leftovers()?;
     super::warn_unreadable(&found.unreadable);
     let leftovers = found.leftovers;
+    list_saved_originals();
     if leftovers.is_empty() {
         out!("nothing to recover in {}", undo::runtime_dir().display());
         return Ok(0);
@@ -47,4 +48,20 @@ pub(super) fn main() -> Result<i32> {
         return Ok(3);
     }
     Ok(0)
+}
+
+/// The damage of `corrupt-file` stays until asked: says what could be put back, and how.
+fn list_saved_originals() {
+    for saved in crate::corrupt::saved() {
+        out!(
+            "saved original of {} ({} bytes, from {}), damage left in place; to put it back: \
+             chaos-user inject --restore --fault corrupt-file:path={}",
+            saved.path.display(),
+            saved.size,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(saved.saved_at)
+            ),
+            saved.path.display()
+        );
+    }
 }

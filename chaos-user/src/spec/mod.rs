@@ -41,6 +41,7 @@ pub const KINDS: &[&str] = &[
     "fail",
     "disk-fill",
     "page-cache",
+    "corrupt-file",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -143,6 +144,7 @@ pub enum FaultSpec {
     Fail(FailSpec),
     DiskFill(DiskFillSpec),
     PageCache(PageCacheSpec),
+    CorruptFile(CorruptFileSpec),
 }
 
 impl FaultSpec {
@@ -167,6 +169,7 @@ impl FaultSpec {
             FaultSpec::Fail(_) => "fail",
             FaultSpec::DiskFill(_) => "disk-fill",
             FaultSpec::PageCache(_) => "page-cache",
+            FaultSpec::CorruptFile(_) => "corrupt-file",
         }
     }
 
@@ -175,7 +178,10 @@ impl FaultSpec {
         let (mut interfaces, mut paths) = (false, false);
         for f in faults {
             interfaces |= matches!(f, FaultSpec::XdpDrop(_));
-            paths |= matches!(f, FaultSpec::DiskFill(_) | FaultSpec::PageCache(_));
+            paths |= matches!(
+                f,
+                FaultSpec::DiskFill(_) | FaultSpec::PageCache(_) | FaultSpec::CorruptFile(_)
+            );
         }
         match (interfaces, paths) {
             (true, true) => "interfaces and paths",
@@ -188,7 +194,10 @@ impl FaultSpec {
     pub fn needs_cgroup(&self) -> bool {
         !matches!(
             self,
-            FaultSpec::XdpDrop(_) | FaultSpec::DiskFill(_) | FaultSpec::PageCache(_)
+            FaultSpec::XdpDrop(_)
+                | FaultSpec::DiskFill(_)
+                | FaultSpec::PageCache(_)
+                | FaultSpec::CorruptFile(_)
         )
     }
 }
@@ -539,6 +548,29 @@ pub struct PageCacheSpec {
         serialize_with = "text::serialize_some_duration"
     )]
     pub interval: Option<Duration>,
+}
+
+/// `corrupt-file`: a file damaged once, after its original is saved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CorruptFileSpec {
+    pub path: std::path::PathBuf,
+    #[serde(flatten)]
+    pub mode: CorruptMode,
+}
+
+/// How `corrupt-file` damages a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum CorruptMode {
+    /// `count` distinct bits flipped at places drawn from `seed` (picked and reported when
+    /// not given).
+    Bitflip { count: u64, seed: Option<u64> },
+    /// Cut to `to` bytes.
+    Truncate { to: u64 },
+    /// The pages that `offset..offset+len` touches zeroed, as a torn write leaves them.
+    Torn { offset: u64, len: u64 },
+    /// Exactly `offset..offset+len` zeroed.
+    ZeroRange { offset: u64, len: u64 },
 }
 
 /// How full `disk-fill` makes a filesystem.

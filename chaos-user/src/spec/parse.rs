@@ -47,6 +47,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "fail" => &["syscall", "errno", "path", "nth", "every", "p"],
         "disk-fill" => &["path", "free", "use"],
         "page-cache" => &["path", "interval"],
+        "corrupt-file" => &["path", "mode", "count", "seed", "to", "offset", "len"],
         _ => FILTER_KEYS,
     }
 }
@@ -156,6 +157,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         }),
         "fail" => FaultSpec::Fail(parse_fail(&mut keys)?),
         "disk-fill" => FaultSpec::DiskFill(parse_disk_fill(&mut keys)?),
+        "corrupt-file" => FaultSpec::CorruptFile(parse_corrupt_file(&mut keys)?),
         "page-cache" => {
             let path = keys.required("path", "page-cache:path=/var/lib/app,interval=1s")?;
             let path = parse_path("path", path)?;
@@ -489,6 +491,71 @@ fn parse_disk_fill(keys: &mut Keys) -> Result<DiskFillSpec, SpecError> {
         }
     };
     Ok(DiskFillSpec { path, leave })
+}
+
+fn parse_corrupt_file(keys: &mut Keys) -> Result<CorruptFileSpec, SpecError> {
+    let example = "corrupt-file:path=/var/lib/app/db,mode=torn,offset=8KiB,len=4KiB";
+    let path = parse_path("path", keys.required("path", example)?)?;
+    let size =
+        |keys: &mut Keys, key: &'static str| keys.take(key).map(|v| parse_size(key, v)).transpose();
+    let mode = match keys.take("mode").unwrap_or("bitflip") {
+        "bitflip" => {
+            let count = match keys.take("count") {
+                None => 1,
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=1 << 20).contains(n))
+                    .ok_or_else(|| bad("count", v, "expected a count of bits from 1, such as 8"))?,
+            };
+            let seed = keys
+                .take("seed")
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| bad("seed", v, "expected a whole number"))
+                })
+                .transpose()?;
+            CorruptMode::Bitflip { count, seed }
+        }
+        "truncate" => CorruptMode::Truncate {
+            to: size(keys, "to")?.ok_or_else(|| missing(keys.kind, "to", example))?,
+        },
+        mode @ ("torn" | "zero-range") => {
+            let offset =
+                size(keys, "offset")?.ok_or_else(|| missing(keys.kind, "offset", example))?;
+            let len = size(keys, "len")?.ok_or_else(|| missing(keys.kind, "len", example))?;
+            if len == 0 {
+                return Err(bad("len", "0", "expected a length above 0, such as 4KiB"));
+            }
+            if mode == "torn" {
+                CorruptMode::Torn { offset, len }
+            } else {
+                CorruptMode::ZeroRange { offset, len }
+            }
+        }
+        other => {
+            return Err(bad(
+                "mode",
+                other,
+                "expected bitflip, truncate, torn or zero-range",
+            ));
+        }
+    };
+    // Keys of another mode are a mistake, not something to ignore.
+    if let Some((key, _)) = keys.pairs.first() {
+        if ["count", "seed", "to", "offset", "len"].contains(key) {
+            return Err(SpecError::Conflict(format!(
+                "`{key}` does not go with mode={}",
+                match mode {
+                    CorruptMode::Bitflip { .. } => "bitflip",
+                    CorruptMode::Truncate { .. } => "truncate",
+                    CorruptMode::Torn { .. } => "torn",
+                    CorruptMode::ZeroRange { .. } => "zero-range",
+                }
+            )));
+        }
+    }
+    Ok(CorruptFileSpec { path, mode })
 }
 
 fn parse_fail(keys: &mut Keys) -> Result<FailSpec, SpecError> {

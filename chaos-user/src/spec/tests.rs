@@ -76,6 +76,11 @@ fn canonical_text_round_trips() {
         "disk-fill:path=/mnt,use=99.5%",
         "page-cache:path=/var/lib/db",
         "page-cache:path=/var/lib/db,interval=500ms",
+        "corrupt-file:path=/srv/db,mode=bitflip,count=8,seed=42",
+        "corrupt-file:path=/srv/db,mode=bitflip,count=1",
+        "corrupt-file:path=/srv/db,mode=truncate,to=4KiB",
+        "corrupt-file:path=/srv/db,mode=torn,offset=8KiB,len=4KiB",
+        "corrupt-file:path=/srv/db,mode=zero-range,offset=100,len=7",
     ] {
         let spec = parse_fault(text).unwrap();
         assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
@@ -233,6 +238,28 @@ fn bad_input_is_named() {
         ("file:op=append", "bad value `append` for `op`"),
         ("disk-fill", "`disk-fill` needs `path`"),
         ("page-cache", "`page-cache` needs `path`"),
+        ("corrupt-file", "`corrupt-file` needs `path`"),
+        (
+            "corrupt-file:path=/f,mode=shred",
+            "bad value `shred` for `mode`",
+        ),
+        (
+            "corrupt-file:path=/f,mode=truncate",
+            "`corrupt-file` needs `to`",
+        ),
+        (
+            "corrupt-file:path=/f,mode=torn,offset=0",
+            "`corrupt-file` needs `len`",
+        ),
+        (
+            "corrupt-file:path=/f,mode=torn,offset=0,len=0",
+            "bad value `0` for `len`",
+        ),
+        (
+            "corrupt-file:path=/f,to=10",
+            "`to` does not go with mode=bitflip",
+        ),
+        ("corrupt-file:path=/f,count=0", "bad value `0` for `count`"),
         ("page-cache:path=/x,interval=10ms", "at least 100ms"),
         ("page-cache:path=x", "expected an absolute path"),
         (

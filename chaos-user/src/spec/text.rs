@@ -177,6 +177,31 @@ impl fmt::Display for FaultSpec {
                     Leave::Use(percent) => write!(f, "use={percent}%"),
                 }
             }
+            FaultSpec::CorruptFile(c) => {
+                write!(f, "corrupt-file:path={},", c.path.display())?;
+                match c.mode {
+                    CorruptMode::Bitflip { count, seed } => {
+                        write!(f, "mode=bitflip,count={count}")?;
+                        match seed {
+                            Some(seed) => write!(f, ",seed={seed}"),
+                            None => Ok(()),
+                        }
+                    }
+                    CorruptMode::Truncate { to } => write!(f, "mode=truncate,to={}", SizeText(to)),
+                    CorruptMode::Torn { offset, len } => write!(
+                        f,
+                        "mode=torn,offset={},len={}",
+                        SizeText(offset),
+                        SizeText(len)
+                    ),
+                    CorruptMode::ZeroRange { offset, len } => write!(
+                        f,
+                        "mode=zero-range,offset={},len={}",
+                        SizeText(offset),
+                        SizeText(len)
+                    ),
+                }
+            }
             FaultSpec::PageCache(c) => {
                 write!(f, "page-cache:path={}", c.path.display())?;
                 match c.interval {
