@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{Read as _, Seek as _, SeekFrom, Write as _},
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -23,25 +23,90 @@ pub fn originals_dir() -> PathBuf {
     crate::undo::runtime_dir().join("originals")
 }
 
-/// What a saved original belongs to.
+/// What a saved original belongs to, and the owner, mode and times it goes back with.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Saved {
-    /// The damaged file, absolute.
+    /// The damaged file, absolute, symlinks resolved.
     pub path: PathBuf,
     /// Seconds since the epoch.
     pub saved_at: u64,
     pub size: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits, setuid and setgid included.
+    pub mode: u32,
+    /// Modification and access times, nanoseconds since the epoch.
+    pub modified_ns: u128,
+    pub accessed_ns: u128,
     /// Where the copy is.
     #[serde(skip)]
     pub dir: PathBuf,
 }
 
+/// The file a `path=` names: symlinks resolved, so that the damage and the restore reach the
+/// same file whatever name is given.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    match fs::canonicalize(path) {
+        Ok(real) => Ok(real),
+        // Gone since (a restore may bring it back): as written.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(std::path::absolute(path)?),
+        Err(e) => Err(e).with_context(|| format!("resolve {}", path.display())),
+    }
+}
+
+fn refuse(message: String) -> anyhow::Error {
+    crate::error::UsageError {
+        message,
+        hint: None,
+    }
+    .into()
+}
+
+/// Refuses, as bad input, a damage that cannot be done: a path that is not a regular file, or
+/// a mode that would change nothing.
+pub fn check(path: &Path, mode: &CorruptMode) -> Result<()> {
+    let meta =
+        fs::metadata(path).map_err(|e| refuse(format!("corrupt-file: {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(refuse(format!(
+            "corrupt-file: {} is not a regular file",
+            path.display()
+        )));
+    }
+    let size = meta.len();
+    let problem = match *mode {
+        CorruptMode::Bitflip { count, .. } if count > size * 8 => Some(format!(
+            "it has {} bits, fewer than count={count}",
+            size * 8
+        )),
+        CorruptMode::Truncate { to } if to >= size => Some(format!(
+            "it has {size} bytes: truncating to {to} changes nothing"
+        )),
+        CorruptMode::Torn { offset, .. } | CorruptMode::ZeroRange { offset, .. }
+            if offset >= size =>
+        {
+            Some(format!(
+                "it has {size} bytes: offset {offset} is past its end"
+            ))
+        }
+        _ => None,
+    };
+    match problem {
+        Some(why) => Err(refuse(format!("corrupt-file: {}: {why}", path.display()))),
+        None => Ok(()),
+    }
+}
+
 /// Copies `path` aside before it is damaged.
 pub fn save(path: &Path) -> Result<Saved> {
-    let path = std::path::absolute(path)?;
-    let size = fs::metadata(&path)
-        .with_context(|| format!("stat {}", path.display()))?
-        .len();
+    use std::os::unix::fs::MetadataExt as _;
+    let path = resolve(path)?;
+    let meta = fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+    let ns = |t: std::io::Result<SystemTime>| {
+        t.ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos())
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -56,11 +121,31 @@ pub fn save(path: &Path) -> Result<Saved> {
     let saved = Saved {
         path,
         saved_at: now.as_secs(),
-        size,
+        size: meta.len(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+        modified_ns: ns(meta.modified()),
+        accessed_ns: ns(meta.accessed()),
         dir,
     };
     fs::write(saved.dir.join("meta.json"), serde_json::to_vec(&saved)?)?;
     Ok(saved)
+}
+
+/// Saves the original of `path`, then damages it as `mode` says; returns where the original
+/// is and how many bytes (bits, for bitflip) changed. A damage that fails drops the copy.
+pub fn save_and_damage(path: &Path, mode: &CorruptMode) -> Result<(Saved, u64)> {
+    check(path, mode)?;
+    let saved = save(path)?;
+    match damage(&saved.path, mode) {
+        Ok(changed) => Ok((saved, changed)),
+        Err(e) => {
+            let _dropped = fs::remove_dir_all(&saved.dir);
+            let _empty = fs::remove_dir(originals_dir());
+            Err(e)
+        }
+    }
 }
 
 /// Damages `path` as `mode` says; returns how many bytes changed (or went, for truncate).
@@ -139,10 +224,11 @@ pub fn saved() -> Vec<Saved> {
     found
 }
 
-/// Puts back the oldest saved original of `path` (what it was before the first damage) and
-/// drops every saved copy of it.
+/// Puts back the oldest saved original of `path` (what it was before the first damage), in
+/// place (so hard links see it too), with its owner, mode and times, and drops every saved
+/// copy of it.
 pub fn restore(path: &Path) -> Result<Saved> {
-    let path = std::path::absolute(path)?;
+    let path = resolve(path)?;
     let copies: Vec<Saved> = saved().into_iter().filter(|s| s.path == path).collect();
     let Some(oldest) = copies.first().cloned() else {
         bail!(crate::error::UsageError {
@@ -150,20 +236,31 @@ pub fn restore(path: &Path) -> Result<Saved> {
             hint: Some("`chaos-user recover` lists the saved originals".into()),
         });
     };
-    let data = oldest.dir.join("data");
-    let mode = fs::metadata(&data)?.permissions().mode();
-    let temp = path.with_file_name(format!(
-        ".{}.chaos-restore",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    fs::copy(&data, &temp).with_context(|| format!("copy back to {}", temp.display()))?;
-    fs::set_permissions(&temp, fs::Permissions::from_mode(mode))?;
-    fs::File::open(&temp)?.sync_all()?;
-    fs::rename(&temp, &path).with_context(|| format!("put back {}", path.display()))?;
+    let mut data = fs::File::open(oldest.dir.join("data"))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("open {} to put it back", path.display()))?;
+    std::io::copy(&mut data, &mut file).with_context(|| format!("put back {}", path.display()))?;
+    // Owner first: a change of owner clears setuid and setgid, which the mode then sets.
+    std::os::unix::fs::fchown(&file, Some(oldest.uid), Some(oldest.gid))?;
+    file.set_permissions(fs::Permissions::from_mode(oldest.mode))?;
+    let at = |ns: u128| UNIX_EPOCH + std::time::Duration::from_nanos(ns as u64);
+    file.set_times(
+        fs::FileTimes::new()
+            .set_modified(at(oldest.modified_ns))
+            .set_accessed(at(oldest.accessed_ns)),
+    )?;
+    file.sync_all()?;
     for copy in &copies {
         fs::remove_dir_all(&copy.dir)
             .with_context(|| format!("remove the saved copy {}", copy.dir.display()))?;
     }
+    // The runtime folder holds nothing of ours once the last copy is gone.
+    let _empty = fs::remove_dir(originals_dir());
     Ok(oldest)
 }
 

@@ -73,7 +73,10 @@ pub struct Fill {
 pub fn fill(dir: &Path, leave: Leave, undo: &mut UndoLog) -> Result<Fill> {
     let before = space(dir).with_context(|| format!("statvfs {}", dir.display()))?;
     let wanted = bytes_to_fill(before, leave);
-    let file = dir.join(format!("{FILL_PREFIX}{}", std::process::id()));
+    // Named by process and by how many this process made: two faults may share a directory.
+    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.join(format!("{FILL_PREFIX}{}-{n}", std::process::id()));
     undo.push(Entry::Fill { file: file.clone() })?;
     let mut handle = fs::OpenOptions::new()
         .write(true)
@@ -129,18 +132,28 @@ pub fn is_fill_file(file: &Path) -> bool {
 }
 
 /// Drops the clean cached pages of every regular file under `path` (the file itself, or a
-/// directory walked without following symlinks). Returns (files seen, files dropped).
+/// directory walked without following symlinks below it, on its own filesystem only).
+/// Returns (files seen, files dropped).
 pub fn drop_page_cache(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
     let mut seen = 0;
     let mut dropped = 0;
-    let mut pending = vec![path.to_path_buf()];
-    while let Some(at) = pending.pop() {
-        let Ok(meta) = fs::symlink_metadata(&at) else {
+    // `path` itself may be a symlink; what lies below is not followed.
+    let Ok(top) = fs::metadata(path) else {
+        return (0, 0);
+    };
+    let device = top.dev();
+    let mut pending = vec![(path.to_path_buf(), Some(top))];
+    while let Some((at, known)) = pending.pop() {
+        let Some(meta) = known.or_else(|| fs::symlink_metadata(&at).ok()) else {
             continue;
         };
+        if meta.dev() != device {
+            continue;
+        }
         if meta.is_dir() {
             if let Ok(entries) = fs::read_dir(&at) {
-                pending.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+                pending.extend(entries.filter_map(|e| e.ok()).map(|e| (e.path(), None)));
             }
             continue;
         }

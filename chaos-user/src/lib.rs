@@ -19,5 +19,6 @@ pub mod report;
 pub mod session;
 pub mod sockdiag;
 pub mod spec;
+pub mod stress;
 pub mod tc;
 pub mod undo;

@@ -46,6 +46,8 @@ pub enum Carrier {
     PageCache,
     /// A file damaged from user space.
     CorruptFile,
+    /// Stressor processes in the target cgroup.
+    Stressors,
 }
 
 /// What a session's faults need from the kernel.
@@ -305,6 +307,9 @@ impl Plan {
             FaultSpec::DiskFill(_) => return Ok(Carrier::DiskFill),
             FaultSpec::PageCache(_) => return Ok(Carrier::PageCache),
             FaultSpec::CorruptFile(_) => return Ok(Carrier::CorruptFile),
+            FaultSpec::CpuHog(_) | FaultSpec::MemoryPressure(_) | FaultSpec::MemoryLeak(_) => {
+                return Ok(Carrier::Stressors);
+            }
             FaultSpec::File(file) => {
                 let ops = file.ops.iter().fold(0, |bits, op| bits | op.bit());
                 return Ok(self.add_call(ops, file.errno.number, file.path.as_deref(), file.when));

@@ -237,6 +237,8 @@ fn verb(fault: &FaultSpec) -> &'static str {
         FaultSpec::DiskFill(_) => "filled",
         FaultSpec::PageCache(_) => "dropped",
         FaultSpec::CorruptFile(_) => "damaged",
+        FaultSpec::CpuHog(_) => "used",
+        FaultSpec::MemoryPressure(_) | FaultSpec::MemoryLeak(_) => "held",
         FaultSpec::Crash(_) => "signalled",
     }
 }

@@ -59,6 +59,8 @@ pub struct Session {
     caches: Vec<CacheState>,
     /// The files `corrupt-file` damaged, by fault: where the original went, what changed.
     damages: Vec<(usize, crate::corrupt::Saved, u64)>,
+    /// The stressor processes, by fault, and when they started.
+    stressors: Vec<(usize, Vec<std::process::Child>, std::time::Instant)>,
     /// Other network namespaces the target's processes are in, with what runs there.
     namespaces: Vec<Namespace>,
     /// What this session holds alone (`dns` of its target).
@@ -210,6 +212,7 @@ impl Session {
             fills: Vec::new(),
             caches,
             damages: Vec::new(),
+            stressors: Vec::new(),
             namespaces: Vec::new(),
             _claims: claims,
         };
@@ -263,14 +266,58 @@ impl Session {
     /// Makes the files of `disk-fill`, each in the undo log before it exists, and does the
     /// damage of `corrupt-file`, each original saved first.
     fn fill(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
-        for (i, fault) in self.faults.iter_mut().enumerate() {
+        // Damage last: nothing may fail after it, since it stays whatever happens.
+        let mut order: Vec<usize> = (0..self.faults.len()).collect();
+        order.sort_by_key(|i| matches!(self.faults[*i], FaultSpec::CorruptFile(_)));
+        for i in order {
+            let fault = &mut self.faults[i];
+            let stress = match fault {
+                FaultSpec::CpuHog(h) => {
+                    Some((h.workers, crate::stress::Work::Cpu { load: h.load }))
+                }
+                FaultSpec::MemoryPressure(m) => Some((
+                    1,
+                    crate::stress::Work::Memory {
+                        rate: 0,
+                        max: m.size,
+                        release: false,
+                    },
+                )),
+                FaultSpec::MemoryLeak(m) => Some((
+                    1,
+                    crate::stress::Work::Memory {
+                        rate: m.rate,
+                        max: m.max,
+                        release: m.release,
+                    },
+                )),
+                _ => None,
+            };
+            if let Some((workers, work)) = stress {
+                let target = self
+                    .target
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("{} needs --cgroup", fault.kind()))?;
+                let mut children = Vec::new();
+                let started = std::time::Instant::now();
+                for _ in 0..workers {
+                    match crate::stress::spawn(&target.path, work) {
+                        Ok(child) => children.push(child),
+                        Err(e) => {
+                            self.stressors.push((i, children, started));
+                            return Err(e);
+                        }
+                    }
+                }
+                self.stressors.push((i, children, started));
+                continue;
+            }
             if let FaultSpec::CorruptFile(c) = fault {
                 if let spec::CorruptMode::Bitflip { seed, .. } = &mut c.mode {
                     // The report's spec then replays the same bits.
                     seed.get_or_insert_with(|| fastrand::u64(..));
                 }
-                let saved = crate::corrupt::save(&c.path)?;
-                let changed = crate::corrupt::damage(&c.path, &c.mode)?;
+                let (saved, changed) = crate::corrupt::save_and_damage(&c.path, &c.mode)?;
                 log::info!(
                     "corrupt-file: {} damaged ({changed} bytes or bits); the original is in {}",
                     c.path.display(),
@@ -284,6 +331,13 @@ impl Session {
             };
             let made = crate::fill::fill(&d.path, d.leave, undo)?;
             let left = crate::fill::space(&d.path).map_or(0, |s| s.available);
+            if made.wanted == 0 {
+                log::warn!(
+                    "disk-fill: the filesystem of {} is as full as asked already ({left} bytes \
+                     free): nothing to fill",
+                    d.path.display()
+                );
+            }
             log::info!(
                 "disk-fill: {} takes {} bytes; {} bytes left free",
                 made.file.display(),
@@ -298,6 +352,13 @@ impl Session {
     /// Drops the programs (which detaches every link and netlink filter they hold), stops the
     /// responder, then undoes what the kernel does not undo by itself.
     fn detach(self, undo: &mut UndoLog) -> anyhow::Result<()> {
+        for (_, children, _) in self.stressors {
+            for mut child in children {
+                // Ours, not yet reaped: its PID cannot have gone to another process.
+                let _killed = child.kill();
+                let _reaped = child.wait();
+            }
+        }
         drop(self.programs);
         if let Some(responder) = self.responder {
             responder.stop();
@@ -479,6 +540,13 @@ impl Session {
         for c in &self.caches {
             out.push(format!("page cache of {}", c.path.display()));
         }
+        for (i, children, _) in &self.stressors {
+            out.push(format!(
+                "{} stressor(s) of {} in the target cgroup",
+                children.len(),
+                self.faults[*i].kind()
+            ));
+        }
         for (_, saved, _) in &self.damages {
             out.push(format!(
                 "damage to {} (original saved in {})",
@@ -565,6 +633,38 @@ impl Session {
                 Carrier::Device(rule) => {
                     let c = self.programs.device_counters(rule)?;
                     counters.insert("accesses", Counters::from(c));
+                }
+                Carrier::Stressors => {
+                    if let Some((_, children, started)) =
+                        self.stressors.iter().find(|(at, _, _)| *at == i)
+                    {
+                        let (cpu, peak) = children
+                            .iter()
+                            .map(|c| crate::stress::usage(c.id()))
+                            .fold((0, 0), |(c, p), (c2, p2)| (c + c2, p + p2));
+                        let (place, asked, got) = match fault {
+                            FaultSpec::CpuHog(h) => (
+                                "cpu-ms",
+                                (started.elapsed().as_millis() as f64
+                                    * f64::from(h.workers)
+                                    * h.load
+                                    / 100.0) as u64,
+                                cpu,
+                            ),
+                            FaultSpec::MemoryPressure(m) => ("bytes", m.size, peak),
+                            FaultSpec::MemoryLeak(m) => ("bytes", m.max, peak),
+                            _ => ("", 0, 0),
+                        };
+                        counters.insert(
+                            place,
+                            Counters {
+                                matched: asked,
+                                injected: got,
+                                passed: 0,
+                                expired: 0,
+                            },
+                        );
+                    }
                 }
                 Carrier::CorruptFile => {
                     if let Some((_, _, changed)) = self.damages.iter().find(|(at, _, _)| *at == i) {

@@ -200,6 +200,10 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
                     file.display()
                 )));
             }
+            // Never made (a read-only filesystem refuses even the removal of nothing).
+            if fs::symlink_metadata(file).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+                return Ok(Outcome::AlreadyGone);
+            }
             match fs::remove_file(file) {
                 Ok(()) => Ok(Outcome::Undone),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Outcome::AlreadyGone),

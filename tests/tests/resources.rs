@@ -4,9 +4,12 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
-use chaos_tests::{Injector, chaos_user, root_or_skip, run, runtime_dir, skip, undo_logs};
+use chaos_tests::{
+    Injector, TestCgroup, chaos_user, root_or_skip, run, runtime_dir, skip, undo_logs,
+};
 
 /// An ext4 filesystem in a file, loop-mounted on a directory of the test's own; unmounted and
 /// removed at the end.
@@ -373,5 +376,170 @@ fn corrupt_file_bitflips_replay_from_the_reported_seed() {
         .expect("the seed is reported");
     let (again, _) = flip("b", &format!(",seed={seed}"));
     assert_eq!(again, first, "the reported seed replays the same bits");
+    std::fs::remove_dir_all(&dir).expect("remove the test directory");
+}
+
+/// CPU time the cgroup's processes used so far, in seconds (cgroup v2 `cpu.stat`, which every
+/// cgroup2 directory has, with or without the cpu controller).
+fn cpu_seconds(cg: &TestCgroup) -> f64 {
+    let stat = std::fs::read_to_string(cg.path.join("cpu.stat")).expect("cpu.stat");
+    let usec: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("usage_usec");
+    usec as f64 / 1e6
+}
+
+/// The cgroup's memory in bytes: `memory.current` where cgroup v2 has the memory controller,
+/// else the resident memory of its processes (hybrid hosts keep memory accounting in v1).
+fn memory_bytes(cg: &TestCgroup) -> u64 {
+    if let Ok(text) = std::fs::read_to_string(cg.path.join("memory.current")) {
+        return text.trim().parse().expect("memory.current");
+    }
+    let procs = std::fs::read_to_string(cg.path.join("cgroup.procs")).unwrap_or_default();
+    procs
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+#[test]
+fn cpu_hog_uses_about_its_load_in_the_cgroup() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let spec = "cpu-hog:workers=2,load=25%";
+    let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", spec]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, c0) = (Instant::now(), cpu_seconds(&target));
+    std::thread::sleep(Duration::from_secs(2));
+    let rate = (cpu_seconds(&target) - c0) / t0.elapsed().as_secs_f64();
+    println!("the cgroup used {rate:.3} CPUs; 2 workers at 25% ask 0.5");
+    assert!((0.35..0.65).contains(&rate), "{rate:.3} CPUs");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(!target.populated(), "the stressors are gone");
+}
+
+#[test]
+fn memory_leak_grows_at_about_its_rate_then_holds() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let spec = "memory-leak:rate=40MiB/s,max=96MiB";
+    let injector = Injector::start(&["inject", "--cgroup", &target.name, "--fault", spec]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, m0) = (Instant::now(), memory_bytes(&target));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (t1, m1) = (t0.elapsed().as_secs_f64(), memory_bytes(&target));
+    let rate = (m1 as f64 - m0 as f64) / t1 / MIB as f64;
+    println!("grew {rate:.1} MiB/s; 40 asked");
+    assert!((28.0..52.0).contains(&rate), "{rate:.1} MiB/s");
+    std::thread::sleep(Duration::from_millis(2000));
+    let held = memory_bytes(&target);
+    println!("holds {} MiB; 96 asked", held / MIB);
+    assert!((90 * MIB..120 * MIB).contains(&held), "{held}");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(!target.populated(), "the stressor is gone");
+}
+
+#[test]
+fn stressors_die_with_a_killed_injector() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    let mut injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "memory-pressure:size=32MiB",
+        "--fault",
+        "cpu-hog:workers=1,load=10%",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(memory_bytes(&target) >= 32 * MIB, "the memory is held");
+    injector.signal(libc::SIGKILL);
+    let (status, _) = injector.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while target.populated() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!target.populated(), "the stressors died with chaos-user");
+}
+
+#[test]
+fn restore_puts_back_owner_mode_times_and_every_link() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if !root_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("chaos-restore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (file, link, alias) = (dir.join("f"), dir.join("hard"), dir.join("sym"));
+    std::fs::write(&file, vec![0xaau8; 10_000]).expect("write");
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).expect("chown");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o4751)).expect("chmod");
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(old))
+        .expect("set mtime");
+    std::fs::hard_link(&file, &link).expect("hard link");
+    std::os::unix::fs::symlink(&file, &alias).expect("symlink");
+    let before = std::fs::metadata(&file).expect("stat");
+
+    // Damaged through the symlink, restored through the file's own name.
+    let spec = format!(
+        "corrupt-file:path={},mode=zero-range,offset=10,len=5",
+        alias.display()
+    );
+    let (status, _, stderr) =
+        run(chaos_user().args(["inject", "--duration", "1s", "--fault", &spec]));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        std::fs::symlink_metadata(&alias)
+            .expect("lstat")
+            .is_symlink(),
+        "the link stays"
+    );
+    assert_ne!(
+        std::fs::read(&link).expect("read"),
+        vec![0xaau8; 10_000],
+        "damaged"
+    );
+    let restore = format!("corrupt-file:path={}", file.display());
+    let (status, _, stderr) = run(chaos_user().args(["inject", "--restore", "--fault", &restore]));
+    assert!(status.success(), "{stderr}");
+
+    let after = std::fs::metadata(&file).expect("stat");
+    assert_eq!((after.uid(), after.gid()), (65534, 65534), "owner");
+    assert_eq!(after.mode() & 0o7777, 0o4751, "mode, setuid included");
+    assert_eq!(after.modified().expect("mtime"), old, "modification time");
+    assert_eq!(after.ino(), before.ino(), "the same file, in place");
+    assert_eq!(
+        std::fs::read(&link).expect("read"),
+        vec![0xaau8; 10_000],
+        "every link"
+    );
+    assert!(
+        !runtime_dir().join("originals").exists(),
+        "no saved copy left"
+    );
     std::fs::remove_dir_all(&dir).expect("remove the test directory");
 }

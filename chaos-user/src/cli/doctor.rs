@@ -244,6 +244,21 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [Ok(())],
         ),
         fault(
+            "cpu-hog",
+            "stressor processes of chaos-user in the target cgroup".into(),
+            [Ok(())],
+        ),
+        fault(
+            "memory-pressure",
+            "a stressor process of chaos-user in the target cgroup, holding the memory".into(),
+            [Ok(())],
+        ),
+        fault(
+            "memory-leak",
+            "a stressor process of chaos-user in the target cgroup, growing at the rate".into(),
+            [Ok(())],
+        ),
+        fault(
             "corrupt-file",
             "writes to the file, its original saved first in the runtime folder".into(),
             [Ok(())],

@@ -21,7 +21,7 @@ pub(super) fn main(args: InjectArgs) -> Result<i32> {
         return restore(&faults);
     }
     // Refused here, before anything is loaded.
-    Plan::dry(&faults)?.check_paths()?;
+    super::check_paths(&faults)?;
     let target = match args.cgroup.as_deref() {
         Some(path) if path.trim().is_empty() => {
             return Err(crate::error::UsageError {

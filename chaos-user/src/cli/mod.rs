@@ -69,6 +69,9 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   disk-fill  the filesystem of a path filled up (no --cgroup)   path=/DIR free=100MiB|use=95%
   page-cache cached pages of the files under a path dropped (no --cgroup)   path=PREFIX
              [interval=1s]
+  cpu-hog    stressors in the cgroup, each busy a share of one CPU   [workers=1] [load=100%]
+  memory-pressure  a stressor in the cgroup holding memory   size=512MiB
+  memory-leak  a stressor in the cgroup growing   rate=10MiB/s max=1GiB [then=hold|release]
   corrupt-file  a file damaged once, its original saved (no --cgroup)   path=FILE
              mode=bitflip [count=1] [seed=N] | truncate to=SIZE | torn|zero-range offset= len=
              (inject --restore --fault corrupt-file:path=FILE puts the original back)
@@ -94,7 +97,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Inject faults into an existing cgroup until the duration ends or Ctrl-C.
+    /// Inject faults into an existing cgroup (or on an interface or a path) until the duration
+    /// ends or Ctrl-C.
     #[command(after_help = "\
 Examples:
   sudo chaos-user inject --cgroup /system.slice/api.service --fault loss:p=0.2 --duration 30s
@@ -113,7 +117,8 @@ The command keeps running when --duration ends first; only the faults are remove
 reaches the command; the summary goes to stderr.")]
     Run(RunArgs),
     /// Undo what a killed session left behind (its cgroup, tc filters and qdiscs, fq qdiscs,
-    /// TCP pacing caps, a frozen cgroup), and say what was done.
+    /// TCP pacing caps, a frozen cgroup, a disk-fill file), list saved originals of
+    /// corrupt-file, and say what was done.
     #[command(after_help = "\
 Example:
   sudo chaos-user recover
@@ -128,6 +133,12 @@ Examples:
   sudo chaos-user doctor
   sudo chaos-user doctor --json -")]
     Doctor(DoctorArgs),
+    /// What a stressor of cpu-hog, memory-pressure or memory-leak runs (started by a session).
+    #[command(hide = true)]
+    Stress {
+        #[arg(num_args = 1.., allow_hyphen_values = true)]
+        work: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +158,25 @@ struct FaultArgs {
     json: Option<PathBuf>,
 }
 
+/// Refuses, before anything is loaded or changed, paths the faults cannot act on.
+fn check_paths(faults: &[FaultSpec]) -> anyhow::Result<()> {
+    crate::session::Plan::dry(faults)?.check_paths()?;
+    for f in faults {
+        match f {
+            FaultSpec::DiskFill(d) if !d.path.is_dir() => {
+                return Err(UsageError {
+                    message: format!("disk-fill: {} is not a directory", d.path.display()),
+                    hint: Some("name a directory on the filesystem to fill".into()),
+                }
+                .into());
+            }
+            FaultSpec::CorruptFile(c) => crate::corrupt::check(&c.path, &c.mode)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl FaultArgs {
     fn parse(&self) -> anyhow::Result<(Vec<FaultSpec>, Option<std::time::Duration>)> {
         let faults = self
@@ -164,7 +194,6 @@ impl FaultArgs {
             .transpose()?;
         // Faults that parse alone but not together (too many, two interfaces for XDP).
         let plan = crate::session::Plan::dry(&faults)?;
-        plan.check_paths()?;
         if let Some(dev) = &plan.needs.xdp {
             if !crate::loader::interfaces().iter().any(|i| &i.name == dev) {
                 return Err(UsageError {
@@ -223,7 +252,8 @@ fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
 #[derive(Debug, Args)]
 struct InjectArgs {
     /// The target: a cgroup2 directory, absolute or relative to the cgroup2 mount. Its
-    /// descendant cgroups are targeted too. Every fault but xdp-drop needs it.
+    /// descendant cgroups are targeted too. Every fault needs it but xdp-drop (an interface)
+    /// and disk-fill, page-cache and corrupt-file (a path).
     #[arg(long, value_name = "PATH")]
     cgroup: Option<String>,
 
@@ -301,6 +331,7 @@ pub fn main() -> i32 {
         Command::Run(a) => run::main(a),
         Command::Recover => recover::main(),
         Command::Doctor(a) => doctor::main(a),
+        Command::Stress { work } => Ok(crate::stress::main(&work)),
     };
     match result {
         Ok(status) => status,

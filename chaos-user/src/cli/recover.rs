@@ -8,9 +8,10 @@ pub(super) fn main() -> Result<i32> {
     let found = undo::leftovers()?;
     super::warn_unreadable(&found.unreadable);
     let leftovers = found.leftovers;
-    list_saved_originals();
+    let saved = list_saved_originals();
     if leftovers.is_empty() {
-        out!("nothing to recover in {}", undo::runtime_dir().display());
+        let what = if saved { "nothing else" } else { "nothing" };
+        out!("{what} to recover in {}", undo::runtime_dir().display());
         return Ok(0);
     }
     let mut pending = 0;
@@ -50,9 +51,16 @@ pub(super) fn main() -> Result<i32> {
     Ok(0)
 }
 
-/// The damage of `corrupt-file` stays until asked: says what could be put back, and how.
-fn list_saved_originals() {
-    for saved in crate::corrupt::saved() {
+/// The damage of `corrupt-file` stays until asked: says what could be put back, and how (the
+/// oldest copy of each file, which is what a restore brings back). Whether there was any.
+fn list_saved_originals() -> bool {
+    let all = crate::corrupt::saved();
+    let mut told: Vec<&std::path::Path> = Vec::new();
+    for saved in &all {
+        if told.contains(&saved.path.as_path()) {
+            continue;
+        }
+        told.push(&saved.path);
         out!(
             "saved original of {} ({} bytes, from {}), damage left in place; to put it back: \
              chaos-user inject --restore --fault corrupt-file:path={}",
@@ -64,4 +72,5 @@ fn list_saved_originals() {
             saved.path.display()
         );
     }
+    !all.is_empty()
 }

@@ -24,6 +24,7 @@ use crate::{
 
 pub(super) fn main(args: RunArgs) -> Result<i32> {
     let (faults, duration) = args.faults.parse()?;
+    super::check_paths(&faults)?;
     if args
         .faults
         .json

@@ -42,6 +42,9 @@ pub const KINDS: &[&str] = &[
     "disk-fill",
     "page-cache",
     "corrupt-file",
+    "cpu-hog",
+    "memory-pressure",
+    "memory-leak",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -115,7 +118,7 @@ impl Classify for SpecError {
                 format!("for example `{example}`")
             }
             SpecError::EmptyValue { .. } => {
-                "give the key a value, or leave it out for its default".to_string()
+                "give the key a value (`--help` lists what each kind takes)".to_string()
             }
             SpecError::BadValue { .. } | SpecError::Conflict(_) => return None,
         })
@@ -145,6 +148,9 @@ pub enum FaultSpec {
     DiskFill(DiskFillSpec),
     PageCache(PageCacheSpec),
     CorruptFile(CorruptFileSpec),
+    CpuHog(CpuHogSpec),
+    MemoryPressure(MemoryPressureSpec),
+    MemoryLeak(MemoryLeakSpec),
 }
 
 impl FaultSpec {
@@ -170,6 +176,9 @@ impl FaultSpec {
             FaultSpec::DiskFill(_) => "disk-fill",
             FaultSpec::PageCache(_) => "page-cache",
             FaultSpec::CorruptFile(_) => "corrupt-file",
+            FaultSpec::CpuHog(_) => "cpu-hog",
+            FaultSpec::MemoryPressure(_) => "memory-pressure",
+            FaultSpec::MemoryLeak(_) => "memory-leak",
         }
     }
 
@@ -548,6 +557,30 @@ pub struct PageCacheSpec {
         serialize_with = "text::serialize_some_duration"
     )]
     pub interval: Option<Duration>,
+}
+
+/// `cpu-hog`: `workers` stressor processes in the target cgroup, each busy `load` percent of
+/// the time.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CpuHogSpec {
+    pub workers: u32,
+    /// Percent of one CPU per worker.
+    pub load: f64,
+}
+
+/// `memory-pressure`: a stressor in the target cgroup holding `size` bytes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryPressureSpec {
+    pub size: u64,
+}
+
+/// `memory-leak`: a stressor in the target cgroup that grows by `rate` bytes per second up to
+/// `max`, then holds it or frees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemoryLeakSpec {
+    pub rate: u64,
+    pub max: u64,
+    pub release: bool,
 }
 
 /// `corrupt-file`: a file damaged once, after its original is saved.

@@ -47,6 +47,9 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "fail" => &["syscall", "errno", "path", "nth", "every", "p"],
         "disk-fill" => &["path", "free", "use"],
         "page-cache" => &["path", "interval"],
+        "cpu-hog" => &["workers", "load"],
+        "memory-pressure" => &["size"],
+        "memory-leak" => &["rate", "max", "then"],
         "corrupt-file" => &["path", "mode", "count", "seed", "to", "offset", "len"],
         _ => FILTER_KEYS,
     }
@@ -158,6 +161,42 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         "fail" => FaultSpec::Fail(parse_fail(&mut keys)?),
         "disk-fill" => FaultSpec::DiskFill(parse_disk_fill(&mut keys)?),
         "corrupt-file" => FaultSpec::CorruptFile(parse_corrupt_file(&mut keys)?),
+        "cpu-hog" => {
+            let workers = match keys.take("workers") {
+                None => 1,
+                Some(v) => v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| bad("workers", v, "expected 1 to 1024 stressor processes"))?,
+            };
+            let load = match keys.take("load") {
+                None => 100.0,
+                Some(v) => parse_percent("load", v)?,
+            };
+            FaultSpec::CpuHog(CpuHogSpec { workers, load })
+        }
+        "memory-pressure" => {
+            let size = keys.required("size", "memory-pressure:size=512MiB")?;
+            FaultSpec::MemoryPressure(MemoryPressureSpec {
+                size: parse_nonzero_size("size", size)?,
+            })
+        }
+        "memory-leak" => {
+            let example = "memory-leak:rate=10MiB/s,max=1GiB";
+            let rate = keys.required("rate", example)?;
+            let per_second = rate
+                .strip_suffix("/s")
+                .ok_or_else(|| bad("rate", rate, "expected a size per second, such as 10MiB/s"))?;
+            let rate = parse_nonzero_size("rate", per_second)?;
+            let max = parse_nonzero_size("max", keys.required("max", example)?)?;
+            let release = match keys.take("then") {
+                None | Some("hold") => false,
+                Some("release") => true,
+                Some(v) => return Err(bad("then", v, "expected hold or release")),
+            };
+            FaultSpec::MemoryLeak(MemoryLeakSpec { rate, max, release })
+        }
         "page-cache" => {
             let path = keys.required("path", "page-cache:path=/var/lib/app,interval=1s")?;
             let path = parse_path("path", path)?;
@@ -491,6 +530,14 @@ fn parse_disk_fill(keys: &mut Keys) -> Result<DiskFillSpec, SpecError> {
         }
     };
     Ok(DiskFillSpec { path, leave })
+}
+
+/// A size above zero.
+fn parse_nonzero_size(key: &str, value: &str) -> Result<u64, SpecError> {
+    match parse_size(key, value)? {
+        0 => Err(bad(key, value, "expected a size above 0, such as 64MiB")),
+        n => Ok(n),
+    }
 }
 
 fn parse_corrupt_file(keys: &mut Keys) -> Result<CorruptFileSpec, SpecError> {

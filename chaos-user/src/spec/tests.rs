@@ -81,6 +81,11 @@ fn canonical_text_round_trips() {
         "corrupt-file:path=/srv/db,mode=truncate,to=4KiB",
         "corrupt-file:path=/srv/db,mode=torn,offset=8KiB,len=4KiB",
         "corrupt-file:path=/srv/db,mode=zero-range,offset=100,len=7",
+        "cpu-hog:workers=4,load=80%",
+        "cpu-hog:workers=1,load=100%",
+        "memory-pressure:size=512MiB",
+        "memory-leak:rate=10MiB/s,max=1GiB,then=hold",
+        "memory-leak:rate=1000/s,max=1MiB,then=release",
     ] {
         let spec = parse_fault(text).unwrap();
         assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec);
@@ -239,6 +244,20 @@ fn bad_input_is_named() {
         ("disk-fill", "`disk-fill` needs `path`"),
         ("page-cache", "`page-cache` needs `path`"),
         ("corrupt-file", "`corrupt-file` needs `path`"),
+        ("cpu-hog:workers=0", "bad value `0` for `workers`"),
+        ("cpu-hog:load=150%", "bad value `150%` for `load`"),
+        ("cpu-hog:load=0.8", "bad value `0.8` for `load`"),
+        ("memory-pressure", "`memory-pressure` needs `size`"),
+        ("memory-pressure:size=0", "bad value `0` for `size`"),
+        (
+            "memory-leak:rate=10MiB,max=1GiB",
+            "bad value `10MiB` for `rate`",
+        ),
+        ("memory-leak:rate=10MiB/s", "`memory-leak` needs `max`"),
+        (
+            "memory-leak:rate=1MiB/s,max=1GiB,then=free",
+            "bad value `free` for `then`",
+        ),
         (
             "corrupt-file:path=/f,mode=shred",
             "bad value `shred` for `mode`",

@@ -177,6 +177,15 @@ impl fmt::Display for FaultSpec {
                     Leave::Use(percent) => write!(f, "use={percent}%"),
                 }
             }
+            FaultSpec::CpuHog(h) => write!(f, "cpu-hog:workers={},load={}%", h.workers, h.load),
+            FaultSpec::MemoryPressure(m) => write!(f, "memory-pressure:size={}", SizeText(m.size)),
+            FaultSpec::MemoryLeak(m) => write!(
+                f,
+                "memory-leak:rate={}/s,max={},then={}",
+                SizeText(m.rate),
+                SizeText(m.max),
+                if m.release { "release" } else { "hold" }
+            ),
             FaultSpec::CorruptFile(c) => {
                 write!(f, "corrupt-file:path={},", c.path.display())?;
                 match c.mode {
@@ -288,8 +297,13 @@ struct SizeText(u64);
 
 impl fmt::Display for SizeText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0.is_multiple_of(scale) {
+        for (unit, scale) in [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if self.0 > 0 && self.0.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", self.0 / scale);
             }
         }

@@ -161,11 +161,11 @@ pub fn parse_rate(key: &str, value: &str) -> Result<u64, SpecError> {
 
 /// A size in bytes: a plain number of bytes or IEC units (`64KiB`, `1MiB`).
 pub fn parse_size(key: &str, value: &str) -> Result<u64, SpecError> {
-    let expected = "expected bytes or IEC units, such as 1500, 64KiB or 1MiB";
+    let expected = "expected bytes or IEC units, such as 1500, 64KiB, 1MiB, 2GiB or 1TiB";
     // Only IEC units: `kb` means 1000 to some tools and 1024 to others (tc).
     let unit = value.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
     let unit = unit.trim().to_ascii_lowercase();
-    if !["", "b", "kib", "mib", "gib"].contains(&unit.as_str()) {
+    if !["", "b", "kib", "mib", "gib", "tib"].contains(&unit.as_str()) {
         return Err(bad(key, value, expected));
     }
     let size: bytesize::ByteSize = value.parse().map_err(|_| bad(key, value, expected))?;
