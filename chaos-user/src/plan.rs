@@ -48,6 +48,8 @@ pub enum Carrier {
     CorruptFile,
     /// Stressor processes in the target cgroup.
     Stressors,
+    /// A cgroup limit lowered from user space.
+    Limit,
 }
 
 /// What a session's faults need from the kernel.
@@ -307,6 +309,10 @@ impl Plan {
             FaultSpec::DiskFill(_) => return Ok(Carrier::DiskFill),
             FaultSpec::PageCache(_) => return Ok(Carrier::PageCache),
             FaultSpec::CorruptFile(_) => return Ok(Carrier::CorruptFile),
+            FaultSpec::CpuThrottle(_)
+            | FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(_)) => {
+                return Ok(Carrier::Limit);
+            }
             FaultSpec::CpuHog(_) | FaultSpec::MemoryPressure(_) | FaultSpec::MemoryLeak(_) => {
                 return Ok(Carrier::Stressors);
             }

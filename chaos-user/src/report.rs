@@ -237,7 +237,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         FaultSpec::DiskFill(_) => "filled",
         FaultSpec::PageCache(_) => "dropped",
         FaultSpec::CorruptFile(_) => "damaged",
-        FaultSpec::CpuHog(_) => "used",
+        FaultSpec::CpuHog(_) | FaultSpec::CpuThrottle(_) => "used",
         FaultSpec::MemoryPressure(_) | FaultSpec::MemoryLeak(_) => "held",
         FaultSpec::Crash(_) => "signalled",
     }

@@ -59,6 +59,8 @@ pub struct Session {
     caches: Vec<CacheState>,
     /// The files `corrupt-file` damaged, by fault: where the original went, what changed.
     damages: Vec<(usize, crate::corrupt::Saved, u64)>,
+    /// The limits lowered, by fault: the file, when, and the cgroup's CPU time then (µs).
+    limits: Vec<(usize, std::path::PathBuf, std::time::Instant, u64)>,
     /// The stressor processes, by fault, and when they started.
     stressors: Vec<(usize, Vec<std::process::Child>, std::time::Instant)>,
     /// Other network namespaces the target's processes are in, with what runs there.
@@ -213,6 +215,7 @@ impl Session {
             caches,
             damages: Vec::new(),
             stressors: Vec::new(),
+            limits: Vec::new(),
             namespaces: Vec::new(),
             _claims: claims,
         };
@@ -275,11 +278,11 @@ impl Session {
                 FaultSpec::CpuHog(h) => {
                     Some((h.workers, crate::stress::Work::Cpu { load: h.load }))
                 }
-                FaultSpec::MemoryPressure(m) => Some((
+                FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Size(size)) => Some((
                     1,
                     crate::stress::Work::Memory {
                         rate: 0,
-                        max: m.size,
+                        max: *size,
                         release: false,
                     },
                 )),
@@ -293,6 +296,48 @@ impl Session {
                 )),
                 _ => None,
             };
+            let limit = match fault {
+                FaultSpec::CpuThrottle(t) => {
+                    // A period of 100 ms, the kernel's default; the quota at least 1 ms.
+                    let quota = ((t.quota / 100.0) * 100_000.0).round().max(1000.0) as u64;
+                    Some(("cpu.max", format!("{quota} 100000"), "cpu"))
+                }
+                FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(bytes)) => {
+                    Some(("memory.max", bytes.to_string(), "memory"))
+                }
+                _ => None,
+            };
+            if let Some((name, value, controller)) = limit {
+                let target = self
+                    .target
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("{} needs --cgroup", fault.kind()))?;
+                let file = target.path.join(name);
+                let Ok(previous) = std::fs::read_to_string(&file) else {
+                    anyhow::bail!(
+                        "{}: cgroup {} has no {name}: the {controller} controller is not enabled \
+                         for it in cgroup v2 (on a hybrid layout it is a v1 controller); enable \
+                         it with `echo +{controller} > PARENT/cgroup.subtree_control`",
+                        fault.kind(),
+                        target.name
+                    );
+                };
+                let previous = previous.trim().to_string();
+                undo.push(Entry::Limit {
+                    file: file.clone(),
+                    previous: previous.clone(),
+                })?;
+                std::fs::write(&file, &value)
+                    .with_context(|| format!("write {value} to {}", file.display()))?;
+                log::info!(
+                    "{}: {} was {previous}, now {value}",
+                    fault.kind(),
+                    file.display()
+                );
+                self.limits
+                    .push((i, file, std::time::Instant::now(), usage_usec(&target.path)));
+                continue;
+            }
             if let Some((workers, work)) = stress {
                 let target = self
                     .target
@@ -377,6 +422,7 @@ impl Session {
                     | Entry::PacingCaps { .. }
                     | Entry::Frozen { .. }
                     | Entry::Fill { .. }
+                    | Entry::Limit { .. }
             )
         })?;
         Ok(())
@@ -540,6 +586,9 @@ impl Session {
         for c in &self.caches {
             out.push(format!("page cache of {}", c.path.display()));
         }
+        for (_, file, _, _) in &self.limits {
+            out.push(format!("limit {}", file.display()));
+        }
         for (i, children, _) in &self.stressors {
             out.push(format!(
                 "{} stressor(s) of {} in the target cgroup",
@@ -634,6 +683,41 @@ impl Session {
                     let c = self.programs.device_counters(rule)?;
                     counters.insert("accesses", Counters::from(c));
                 }
+                Carrier::Limit => {
+                    if let Some((_, file, started, cpu_then)) =
+                        self.limits.iter().find(|(at, _, _, _)| *at == i)
+                    {
+                        let cgroup = file.parent().unwrap_or(file);
+                        let (place, allowed, got) = match fault {
+                            FaultSpec::CpuThrottle(t) => (
+                                "cpu-ms",
+                                (started.elapsed().as_millis() as f64 * t.quota / 100.0) as u64,
+                                usage_usec(cgroup).saturating_sub(*cpu_then) / 1000,
+                            ),
+                            FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(limit)) => (
+                                "bytes",
+                                *limit,
+                                std::fs::read_to_string(cgroup.join("memory.peak"))
+                                    .or_else(|_| {
+                                        std::fs::read_to_string(cgroup.join("memory.current"))
+                                    })
+                                    .ok()
+                                    .and_then(|t| t.trim().parse().ok())
+                                    .unwrap_or(0),
+                            ),
+                            _ => ("", 0, 0),
+                        };
+                        counters.insert(
+                            place,
+                            Counters {
+                                matched: allowed,
+                                injected: got,
+                                passed: 0,
+                                expired: 0,
+                            },
+                        );
+                    }
+                }
                 Carrier::Stressors => {
                     if let Some((_, children, started)) =
                         self.stressors.iter().find(|(at, _, _)| *at == i)
@@ -651,7 +735,9 @@ impl Session {
                                     / 100.0) as u64,
                                 cpu,
                             ),
-                            FaultSpec::MemoryPressure(m) => ("bytes", m.size, peak),
+                            FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Size(size)) => {
+                                ("bytes", *size, peak)
+                            }
                             FaultSpec::MemoryLeak(m) => ("bytes", m.max, peak),
                             _ => ("", 0, 0),
                         };
@@ -837,4 +923,17 @@ pub fn monotonic_now() -> Duration {
     // SAFETY: `ts` is a valid timespec for the call to fill in; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The CPU time a cgroup's processes used so far, in microseconds (`cpu.stat`, which every
+/// cgroup2 directory has).
+fn usage_usec(cgroup: &std::path::Path) -> u64 {
+    std::fs::read_to_string(cgroup.join("cpu.stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

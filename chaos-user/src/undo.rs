@@ -47,6 +47,9 @@ pub enum Entry {
     /// Pacing caps that `bandwidth` sets on the target's TCP connections, at these rates; they
     /// stay on the sockets until lifted.
     PacingCaps { cgroup: PathBuf, rates: Vec<u64> },
+    /// A cgroup v2 limit (`cpu.max`, `memory.max`) lowered by `cpu-throttle` or
+    /// `memory-pressure`; `previous` is written back when undone.
+    Limit { file: PathBuf, previous: String },
     /// A file of `disk-fill` that takes a filesystem's free space; removed when undone.
     Fill { file: PathBuf },
     /// An `fq` root qdisc that `delay` put in place of the interface's default one; removing
@@ -67,7 +70,8 @@ impl Entry {
             Entry::Cgroup { .. }
             | Entry::PacingCaps { .. }
             | Entry::Frozen { .. }
-            | Entry::Fill { .. } => None,
+            | Entry::Fill { .. }
+            | Entry::Limit { .. } => None,
             Entry::TcFilter { netns, .. }
             | Entry::ClsactQdisc { netns, .. }
             | Entry::FqQdisc { netns, .. } => *netns,
@@ -81,6 +85,9 @@ impl std::fmt::Display for Entry {
             Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
             Entry::Frozen { cgroup } => write!(f, "the freeze of cgroup {}", cgroup.display()),
             Entry::Fill { file } => write!(f, "disk-fill file {}", file.display()),
+            Entry::Limit { file, previous } => {
+                write!(f, "the limit {} (back to {previous})", file.display())
+            }
             Entry::PacingCaps { cgroup, .. } => {
                 write!(f, "TCP pacing caps in cgroup {}", cgroup.display())
             }
@@ -190,6 +197,29 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             }
             crate::pause::set_frozen(cgroup, false)
                 .with_context(|| format!("thaw {}", cgroup.display()))?;
+            Ok(Outcome::Undone)
+        }
+        Entry::Limit { file, previous } => {
+            let mount = crate::cgroup::mount_point()?;
+            let ours = file.starts_with(&mount)
+                && file
+                    .file_name()
+                    .is_some_and(|n| n == "cpu.max" || n == "memory.max")
+                && !file
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir);
+            if !ours {
+                return Ok(Outcome::Kept(format!(
+                    "{} is not a limit that chaos-user lowers; the undo log is damaged, so it is \
+                     left alone",
+                    file.display()
+                )));
+            }
+            if !file.exists() {
+                return Ok(Outcome::AlreadyGone);
+            }
+            fs::write(file, previous)
+                .with_context(|| format!("write {previous} back to {}", file.display()))?;
             Ok(Outcome::Undone)
         }
         Entry::Fill { file } => {

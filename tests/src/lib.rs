@@ -111,6 +111,12 @@ impl TestCgroup {
         Self::create(&format!("{}/{label}", parent.trim_end_matches('/')))
     }
 
+    /// A new cgroup right below the cgroup2 root, where the root's controllers reach (a cgroup
+    /// below the test's own cannot have them: the test's process sits in its parent).
+    pub fn at_root(label: &str) -> TestCgroup {
+        Self::create(&format!("/chaos-{label}-{}", std::process::id()))
+    }
+
     /// A new cgroup below this one.
     pub fn child(&self, label: &str) -> TestCgroup {
         Self::create(&format!("{}/{label}", self.name))

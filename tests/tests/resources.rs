@@ -543,3 +543,122 @@ fn restore_puts_back_owner_mode_times_and_every_link() {
     );
     std::fs::remove_dir_all(&dir).expect("remove the test directory");
 }
+
+/// A cgroup at the root with the v2 `controller` enabled, or None after a printed skip.
+fn with_controller(label: &str, controller: &str) -> Option<TestCgroup> {
+    let root = chaos_tests::cgroup2_mount();
+    let enabled = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+    if !enabled.split_whitespace().any(|c| c == controller) {
+        skip(&format!(
+            "the cgroup v2 {controller} controller (not enabled at the cgroup2 root: a hybrid \
+             layout keeps it in v1)"
+        ));
+        return None;
+    }
+    Some(TestCgroup::at_root(label))
+}
+
+#[test]
+fn cpu_throttle_caps_a_busy_loop_near_the_quota() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(target) = with_controller("throttle", "cpu") else {
+        return;
+    };
+    let before = std::fs::read_to_string(target.path.join("cpu.max")).expect("cpu.max");
+    let mut busy = Command::new("/bin/sh");
+    busy.args(["-c", "while :; do :; done"]);
+    target.put(&mut busy);
+    let mut busy = busy.spawn().expect("start a busy loop");
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "cpu-throttle:quota=20%",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, c0) = (Instant::now(), cpu_seconds(&target));
+    std::thread::sleep(Duration::from_secs(3));
+    let rate = (cpu_seconds(&target) - c0) / t0.elapsed().as_secs_f64();
+    println!("the busy loop got {rate:.3} CPUs under a 20% quota");
+    assert!((0.12..0.28).contains(&rate), "{rate:.3} CPUs");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    let after = std::fs::read_to_string(target.path.join("cpu.max")).expect("cpu.max");
+    assert_eq!(after, before, "the quota is lifted");
+    busy.kill().expect("stop the busy loop");
+    busy.wait().expect("reap the busy loop");
+}
+
+#[test]
+fn memory_limit_kills_what_outgrows_it_and_is_lifted_by_recover() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(target) = with_controller("memlimit", "memory") else {
+        return;
+    };
+    let before = std::fs::read_to_string(target.path.join("memory.max")).expect("memory.max");
+    let mut injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "memory-pressure:limit=32MiB",
+    ]);
+    let mut grow = Command::new("/usr/bin/python3");
+    grow.args(["-c", "b = bytearray(128 << 20); print(len(b))"]);
+    target.put(&mut grow);
+    let (status, _, _) = run(&mut grow);
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "OOM-killed under the limit"
+    );
+    injector.signal(libc::SIGKILL);
+    let (status, _) = injector.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let during = std::fs::read_to_string(target.path.join("memory.max")).expect("memory.max");
+    assert_eq!(
+        during.trim(),
+        (32 * MIB).to_string(),
+        "a killed injector leaves its limit"
+    );
+    let (status, stdout, stderr) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "recover: {stdout} {stderr}");
+    let after = std::fs::read_to_string(target.path.join("memory.max")).expect("memory.max");
+    assert_eq!(after, before, "recover lifts it");
+}
+
+#[test]
+fn cgroup_limits_are_refused_where_the_controller_is_not_in_v2() {
+    if !root_or_skip() {
+        return;
+    }
+    let target = TestCgroup::new("target");
+    for (spec, file) in [
+        ("cpu-throttle:quota=20%", "cpu.max"),
+        ("memory-pressure:limit=64MiB", "memory.max"),
+    ] {
+        if target.path.join(file).exists() {
+            skip(&format!(
+                "{file} exists here: the controller is in cgroup v2"
+            ));
+            continue;
+        }
+        let (status, _, stderr) = run(chaos_user().args([
+            "inject",
+            "--cgroup",
+            &target.name,
+            "--fault",
+            spec,
+            "--duration",
+            "1s",
+        ]));
+        assert_eq!(status.code(), Some(3), "{spec}: {stderr}");
+        assert!(stderr.contains("controller"), "{spec}: {stderr}");
+    }
+}

@@ -53,6 +53,8 @@ const GUEST_TESTS: &[&str] = &[
     "crash_kills_on_exactly_the_nth_call",
     "crash_every_nth_call_is_exact_across_threads",
     "crash_with_a_path_counts_only_calls_on_files_under_it",
+    "cpu_throttle_caps_a_busy_loop_near_the_quota",
+    "memory_limit_kills_what_outgrows_it_and_is_lifted_by_recover",
 ];
 /// The tests of the LSM hook faults, which the VM lane runs in both of its hook batches.
 const HOOK_TESTS: &[&str] = &[

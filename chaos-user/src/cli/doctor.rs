@@ -244,13 +244,21 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [Ok(())],
         ),
         fault(
+            "cpu-throttle",
+            "the target's cgroup v2 cpu.max (the cpu controller in v2), in the undo log first"
+                .into(),
+            [Ok(())],
+        ),
+        fault(
             "cpu-hog",
             "stressor processes of chaos-user in the target cgroup".into(),
             [Ok(())],
         ),
         fault(
             "memory-pressure",
-            "a stressor process of chaos-user in the target cgroup, holding the memory".into(),
+            "size: a stressor process of chaos-user in the target cgroup, holding the memory; \
+             limit: the target's cgroup v2 memory.max, in the undo log first"
+                .into(),
             [Ok(())],
         ),
         fault(

@@ -42,6 +42,7 @@ pub const KINDS: &[&str] = &[
     "disk-fill",
     "page-cache",
     "corrupt-file",
+    "cpu-throttle",
     "cpu-hog",
     "memory-pressure",
     "memory-leak",
@@ -148,6 +149,7 @@ pub enum FaultSpec {
     DiskFill(DiskFillSpec),
     PageCache(PageCacheSpec),
     CorruptFile(CorruptFileSpec),
+    CpuThrottle(CpuThrottleSpec),
     CpuHog(CpuHogSpec),
     MemoryPressure(MemoryPressureSpec),
     MemoryLeak(MemoryLeakSpec),
@@ -176,6 +178,7 @@ impl FaultSpec {
             FaultSpec::DiskFill(_) => "disk-fill",
             FaultSpec::PageCache(_) => "page-cache",
             FaultSpec::CorruptFile(_) => "corrupt-file",
+            FaultSpec::CpuThrottle(_) => "cpu-throttle",
             FaultSpec::CpuHog(_) => "cpu-hog",
             FaultSpec::MemoryPressure(_) => "memory-pressure",
             FaultSpec::MemoryLeak(_) => "memory-leak",
@@ -568,10 +571,20 @@ pub struct CpuHogSpec {
     pub load: f64,
 }
 
-/// `memory-pressure`: a stressor in the target cgroup holding `size` bytes.
+/// `cpu-throttle`: the target cgroup capped at `quota` percent of one CPU (cgroup v2
+/// `cpu.max`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct MemoryPressureSpec {
-    pub size: u64,
+pub struct CpuThrottleSpec {
+    pub quota: f64,
+}
+
+/// `memory-pressure`: a stressor in the target cgroup holding `size` bytes, or the cgroup's
+/// memory limit lowered to `limit` bytes (cgroup v2 `memory.max`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryPressureSpec {
+    Size(u64),
+    Limit(u64),
 }
 
 /// `memory-leak`: a stressor in the target cgroup that grows by `rate` bytes per second up to

@@ -47,8 +47,9 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "fail" => &["syscall", "errno", "path", "nth", "every", "p"],
         "disk-fill" => &["path", "free", "use"],
         "page-cache" => &["path", "interval"],
+        "cpu-throttle" => &["quota"],
         "cpu-hog" => &["workers", "load"],
-        "memory-pressure" => &["size"],
+        "memory-pressure" => &["size", "limit"],
         "memory-leak" => &["rate", "max", "then"],
         "corrupt-file" => &["path", "mode", "count", "seed", "to", "offset", "len"],
         _ => FILTER_KEYS,
@@ -176,10 +177,32 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
             };
             FaultSpec::CpuHog(CpuHogSpec { workers, load })
         }
+        "cpu-throttle" => {
+            let quota = keys.required("quota", "cpu-throttle:quota=20%")?;
+            FaultSpec::CpuThrottle(CpuThrottleSpec {
+                quota: parse_percent("quota", quota)?,
+            })
+        }
         "memory-pressure" => {
-            let size = keys.required("size", "memory-pressure:size=512MiB")?;
-            FaultSpec::MemoryPressure(MemoryPressureSpec {
-                size: parse_nonzero_size("size", size)?,
+            let size = keys.take("size").map(|v| parse_nonzero_size("size", v));
+            let limit = keys.take("limit").map(|v| parse_nonzero_size("limit", v));
+            FaultSpec::MemoryPressure(match (size, limit) {
+                (Some(size), None) => MemoryPressureSpec::Size(size?),
+                (None, Some(limit)) => MemoryPressureSpec::Limit(limit?),
+                (None, None) => {
+                    return Err(SpecError::MissingOneOf {
+                        kind: keys.kind.to_string(),
+                        keys: "`size`, `limit`",
+                        example: "memory-pressure:size=512MiB",
+                    });
+                }
+                (Some(_), Some(_)) => {
+                    return Err(SpecError::Conflict(
+                        "give size or limit, not both: a stressor that holds memory, or a \
+                         lower limit"
+                            .into(),
+                    ));
+                }
             })
         }
         "memory-leak" => {

@@ -84,6 +84,9 @@ fn canonical_text_round_trips() {
         "cpu-hog:workers=4,load=80%",
         "cpu-hog:workers=1,load=100%",
         "memory-pressure:size=512MiB",
+        "memory-pressure:limit=64MiB",
+        "cpu-throttle:quota=20%",
+        "cpu-throttle:quota=2.5%",
         "memory-leak:rate=10MiB/s,max=1GiB,then=hold",
         "memory-leak:rate=1000/s,max=1MiB,then=release",
     ] {
@@ -247,7 +250,13 @@ fn bad_input_is_named() {
         ("cpu-hog:workers=0", "bad value `0` for `workers`"),
         ("cpu-hog:load=150%", "bad value `150%` for `load`"),
         ("cpu-hog:load=0.8", "bad value `0.8` for `load`"),
-        ("memory-pressure", "`memory-pressure` needs `size`"),
+        (
+            "memory-pressure",
+            "`memory-pressure` needs one of `size`, `limit`",
+        ),
+        ("memory-pressure:size=1MiB,limit=1MiB", "not both"),
+        ("cpu-throttle", "`cpu-throttle` needs `quota`"),
+        ("cpu-throttle:quota=0.2", "bad value `0.2` for `quota`"),
         ("memory-pressure:size=0", "bad value `0` for `size`"),
         (
             "memory-leak:rate=10MiB,max=1GiB",

@@ -178,7 +178,13 @@ impl fmt::Display for FaultSpec {
                 }
             }
             FaultSpec::CpuHog(h) => write!(f, "cpu-hog:workers={},load={}%", h.workers, h.load),
-            FaultSpec::MemoryPressure(m) => write!(f, "memory-pressure:size={}", SizeText(m.size)),
+            FaultSpec::CpuThrottle(t) => write!(f, "cpu-throttle:quota={}%", t.quota),
+            FaultSpec::MemoryPressure(MemoryPressureSpec::Size(size)) => {
+                write!(f, "memory-pressure:size={}", SizeText(*size))
+            }
+            FaultSpec::MemoryPressure(MemoryPressureSpec::Limit(limit)) => {
+                write!(f, "memory-pressure:limit={}", SizeText(*limit))
+            }
             FaultSpec::MemoryLeak(m) => write!(
                 f,
                 "memory-leak:rate={}/s,max={},then={}",
