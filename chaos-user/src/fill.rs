@@ -59,6 +59,14 @@ pub fn bytes_to_fill(space: Space, leave: Leave) -> u64 {
     }
 }
 
+/// A name for a new file of ours in `dir` (a fill, or the scratch file of an `io-stress`
+/// worker): by process and by how many this process named, since faults may share a folder.
+pub fn new_file(dir: &Path) -> PathBuf {
+    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{FILL_PREFIX}{}-{n}", std::process::id()))
+}
+
 /// A fill file in place.
 #[derive(Debug)]
 pub struct Fill {
@@ -73,10 +81,7 @@ pub struct Fill {
 pub fn fill(dir: &Path, leave: Leave, undo: &mut UndoLog) -> Result<Fill> {
     let before = space(dir).with_context(|| format!("statvfs {}", dir.display()))?;
     let wanted = bytes_to_fill(before, leave);
-    // Named by process and by how many this process made: two faults may share a directory.
-    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let file = dir.join(format!("{FILL_PREFIX}{}-{n}", std::process::id()));
+    let file = new_file(dir);
     undo.push(Entry::Fill { file: file.clone() })?;
     let mut handle = fs::OpenOptions::new()
         .write(true)

@@ -93,6 +93,7 @@ impl Plan {
                 .iter()
                 .filter_map(|f| match f {
                     FaultSpec::DiskFill(d) => Some(d.path.clone()),
+                    FaultSpec::IoStress(io) => Some(io.path.clone()),
                     _ => None,
                 })
                 .collect(),
@@ -313,7 +314,10 @@ impl Plan {
             | FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(_)) => {
                 return Ok(Carrier::Limit);
             }
-            FaultSpec::CpuHog(_) | FaultSpec::MemoryPressure(_) | FaultSpec::MemoryLeak(_) => {
+            FaultSpec::CpuHog(_)
+            | FaultSpec::MemoryPressure(_)
+            | FaultSpec::MemoryLeak(_)
+            | FaultSpec::IoStress(_) => {
                 return Ok(Carrier::Stressors);
             }
             FaultSpec::File(file) => {

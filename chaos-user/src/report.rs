@@ -238,6 +238,7 @@ fn verb(fault: &FaultSpec) -> &'static str {
         FaultSpec::PageCache(_) => "dropped",
         FaultSpec::CorruptFile(_) => "damaged",
         FaultSpec::CpuHog(_) | FaultSpec::CpuThrottle(_) => "used",
+        FaultSpec::IoStress(_) => "written",
         FaultSpec::MemoryPressure(_) | FaultSpec::MemoryLeak(_) => "held",
         FaultSpec::Crash(_) => "signalled",
     }

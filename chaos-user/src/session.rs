@@ -294,6 +294,9 @@ impl Session {
                         release: m.release,
                     },
                 )),
+                FaultSpec::IoStress(io) => {
+                    Some((io.workers, crate::stress::Work::Io { bytes: io.bytes }))
+                }
                 _ => None,
             };
             let limit = match fault {
@@ -345,8 +348,17 @@ impl Session {
                     .ok_or_else(|| anyhow::anyhow!("{} needs --cgroup", fault.kind()))?;
                 let mut children = Vec::new();
                 let started = std::time::Instant::now();
+                let scratch = match fault {
+                    FaultSpec::IoStress(io) => Some(io.path.clone()),
+                    _ => None,
+                };
                 for _ in 0..workers {
-                    match crate::stress::spawn(&target.path, work) {
+                    // An io worker's file is in the log before the worker can make it.
+                    let file = scratch.as_deref().map(crate::fill::new_file);
+                    if let Some(file) = &file {
+                        undo.push(Entry::Fill { file: file.clone() })?;
+                    }
+                    match crate::stress::spawn(&target.path, work, file.as_deref()) {
                         Ok(child) => children.push(child),
                         Err(e) => {
                             self.stressors.push((i, children, started));
@@ -739,6 +751,13 @@ impl Session {
                                 ("bytes", *size, peak)
                             }
                             FaultSpec::MemoryLeak(m) => ("bytes", m.max, peak),
+                            FaultSpec::IoStress(_) => {
+                                let written = children
+                                    .iter()
+                                    .map(|c| crate::stress::written(c.id()))
+                                    .sum();
+                                ("bytes", written, written)
+                            }
                             _ => ("", 0, 0),
                         };
                         counters.insert(

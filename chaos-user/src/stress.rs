@@ -20,12 +20,15 @@ pub enum Work {
     /// Touches memory at `rate` bytes per second (0: all at once) up to `max`, then holds it,
     /// or frees it when `release`.
     Memory { rate: u64, max: u64, release: bool },
+    /// Writes `bytes` to `file` with fsync, empties it, and again.
+    Io { bytes: u64 },
 }
 
 impl Work {
     /// The arguments of the hidden `stress` subcommand.
     fn args(&self) -> Vec<String> {
         match *self {
+            Work::Io { bytes } => vec!["io".into(), bytes.to_string()],
             Work::Cpu { load } => vec!["cpu".into(), load.to_string()],
             Work::Memory { rate, max, release } => vec![
                 "memory".into(),
@@ -41,6 +44,9 @@ impl Work {
             [kind, load] if kind == "cpu" => Some(Work::Cpu {
                 load: load.parse().ok()?,
             }),
+            [kind, bytes] if kind == "io" => Some(Work::Io {
+                bytes: bytes.parse().ok()?,
+            }),
             [kind, rate, max, then] if kind == "memory" => Some(Work::Memory {
                 rate: rate.parse().ok()?,
                 max: max.parse().ok()?,
@@ -51,8 +57,9 @@ impl Work {
     }
 }
 
-/// Starts a stressor in the cgroup at `cgroup` (a cgroup2 directory).
-pub fn spawn(cgroup: &Path, work: Work) -> Result<Child> {
+/// Starts a stressor in the cgroup at `cgroup` (a cgroup2 directory); `io` stressors write to
+/// `file`.
+pub fn spawn(cgroup: &Path, work: Work, file: Option<&Path>) -> Result<Child> {
     let procs = fs::OpenOptions::new()
         .write(true)
         .open(cgroup.join("cgroup.procs"))
@@ -60,9 +67,11 @@ pub fn spawn(cgroup: &Path, work: Work) -> Result<Child> {
     let fd = procs.as_raw_fd();
     let exe = std::env::current_exe().context("find chaos-user's own binary")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("stress")
-        .args(work.args())
-        .stdin(Stdio::null())
+    cmd.arg("stress").args(work.args());
+    if let Some(file) = file {
+        cmd.arg(file);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // SAFETY: runs between fork and exec and only calls write(2) and prctl(2); `procs` stays
@@ -81,6 +90,18 @@ pub fn spawn(cgroup: &Path, work: Work) -> Result<Child> {
     let child = cmd.spawn().context("start a stressor")?;
     drop(procs);
     Ok(child)
+}
+
+/// Bytes `pid` caused to be written to storage so far (`/proc/PID/io`).
+pub fn written(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// CPU time used so far, in milliseconds, and the peak resident memory in bytes, of `pid`.
@@ -111,17 +132,51 @@ pub fn usage(pid: u32) -> (u64, u64) {
 
 /// The hidden `stress` subcommand: what a stressor runs. Never returns while its parent lives.
 pub fn main(args: &[String]) -> i32 {
-    let Some(work) = Work::parse(args) else {
-        return 2;
+    let (work, file) = match Work::parse(args) {
+        Some(work) => (work, None),
+        // An io stressor's last argument is its file.
+        None => match args.split_last() {
+            Some((file, rest)) => match Work::parse(rest) {
+                Some(work @ Work::Io { .. }) => (work, Some(std::path::PathBuf::from(file))),
+                _ => return 2,
+            },
+            None => return 2,
+        },
     };
     // The parent may have died between fork and prctl.
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } == 1 {
         return 0;
     }
-    match work {
-        Work::Cpu { load } => cpu(load),
-        Work::Memory { rate, max, release } => memory(rate, max, release),
+    match (work, file) {
+        (Work::Cpu { load }, _) => cpu(load),
+        (Work::Memory { rate, max, release }, _) => memory(rate, max, release),
+        (Work::Io { bytes }, Some(file)) => io(&file, bytes),
+        (Work::Io { .. }, None) => 2,
+    }
+}
+
+fn io(path: &Path, bytes: u64) -> i32 {
+    use std::io::Write as _;
+    let chunk = vec![0x5au8; 1 << 20];
+    loop {
+        let Ok(mut file) = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+        else {
+            return 1;
+        };
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if file.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        let _synced = file.sync_all();
     }
 }
 
@@ -199,5 +254,7 @@ mod tests {
             assert_eq!(Work::parse(&work.args()), Some(work));
         }
         assert_eq!(Work::parse(&["disk".into()]), None);
+        let io = Work::Io { bytes: 1 << 20 };
+        assert_eq!(Work::parse(&io.args()), Some(io));
     }
 }

@@ -662,3 +662,37 @@ fn cgroup_limits_are_refused_where_the_controller_is_not_in_v2() {
         assert!(stderr.contains("controller"), "{spec}: {stderr}");
     }
 }
+
+#[test]
+fn io_stress_writes_from_the_cgroup_and_leaves_no_file() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(fs) = LoopFs::new("io-stress", 64) else {
+        return;
+    };
+    let target = TestCgroup::new("target");
+    let report = fs.image.with_extension("json");
+    let spec = format!("io-stress:path={},workers=2,bytes=4MiB", fs.dir.display());
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        &spec,
+        "--json",
+        report.to_str().expect("UTF-8"),
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(fs.fill_files().len(), 2, "one file per worker");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert!(fs.fill_files().is_empty(), "the files are gone");
+    assert!(!target.populated(), "the workers are gone");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+    std::fs::remove_file(&report).expect("remove the report");
+    let written = r["faults"][0]["bytes"]["injected"].as_u64().expect("count");
+    println!("the workers wrote {} MiB", written / MIB);
+    assert!(written >= 8 * MIB, "at least a round each: {r}");
+}

@@ -267,6 +267,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
             [Ok(())],
         ),
         fault(
+            "io-stress",
+            "stressor processes of chaos-user in the target cgroup, writing with fsync".into(),
+            [Ok(())],
+        ),
+        fault(
             "corrupt-file",
             "writes to the file, its original saved first in the runtime folder".into(),
             [Ok(())],

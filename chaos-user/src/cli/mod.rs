@@ -74,6 +74,8 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   memory-pressure  a stressor in the cgroup holding memory, or a lower limit (memory.max)
              size=512MiB | limit=256MiB
   memory-leak  a stressor in the cgroup growing   rate=10MiB/s max=1GiB [then=hold|release]
+  io-stress  stressors in the cgroup writing with fsync under a path   path=/DIR [workers=1]
+             [bytes=64MiB]
   corrupt-file  a file damaged once, its original saved (no --cgroup)   path=FILE
              mode=bitflip [count=1] [seed=N] | truncate to=SIZE | torn|zero-range offset= len=
              (inject --restore --fault corrupt-file:path=FILE puts the original back)

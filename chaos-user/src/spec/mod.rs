@@ -46,6 +46,7 @@ pub const KINDS: &[&str] = &[
     "cpu-hog",
     "memory-pressure",
     "memory-leak",
+    "io-stress",
 ];
 
 /// Why a fault spec or a duration was refused. Every variant is bad input (exit 2).
@@ -153,6 +154,7 @@ pub enum FaultSpec {
     CpuHog(CpuHogSpec),
     MemoryPressure(MemoryPressureSpec),
     MemoryLeak(MemoryLeakSpec),
+    IoStress(IoStressSpec),
 }
 
 impl FaultSpec {
@@ -182,6 +184,7 @@ impl FaultSpec {
             FaultSpec::CpuHog(_) => "cpu-hog",
             FaultSpec::MemoryPressure(_) => "memory-pressure",
             FaultSpec::MemoryLeak(_) => "memory-leak",
+            FaultSpec::IoStress(_) => "io-stress",
         }
     }
 
@@ -594,6 +597,15 @@ pub struct MemoryLeakSpec {
     pub rate: u64,
     pub max: u64,
     pub release: bool,
+}
+
+/// `io-stress`: `workers` stressors in the target cgroup, each writing `bytes` with fsync into
+/// a file of its own under `path`, again and again.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IoStressSpec {
+    pub path: std::path::PathBuf,
+    pub workers: u32,
+    pub bytes: u64,
 }
 
 /// `corrupt-file`: a file damaged once, after its original is saved.

@@ -51,6 +51,7 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
         "cpu-hog" => &["workers", "load"],
         "memory-pressure" => &["size", "limit"],
         "memory-leak" => &["rate", "max", "then"],
+        "io-stress" => &["path", "workers", "bytes"],
         "corrupt-file" => &["path", "mode", "count", "seed", "to", "offset", "len"],
         _ => FILTER_KEYS,
     }
@@ -162,15 +163,23 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         "fail" => FaultSpec::Fail(parse_fail(&mut keys)?),
         "disk-fill" => FaultSpec::DiskFill(parse_disk_fill(&mut keys)?),
         "corrupt-file" => FaultSpec::CorruptFile(parse_corrupt_file(&mut keys)?),
-        "cpu-hog" => {
-            let workers = match keys.take("workers") {
-                None => 1,
-                Some(v) => v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| bad("workers", v, "expected 1 to 1024 stressor processes"))?,
+        "io-stress" => {
+            let path =
+                keys.required("path", "io-stress:path=/var/lib/app,workers=2,bytes=64MiB")?;
+            let path = parse_path("path", path)?;
+            let workers = keys.workers()?;
+            let bytes = match keys.take("bytes") {
+                None => 64 << 20,
+                Some(v) => parse_nonzero_size("bytes", v)?,
             };
+            FaultSpec::IoStress(IoStressSpec {
+                path,
+                workers,
+                bytes,
+            })
+        }
+        "cpu-hog" => {
+            let workers = keys.workers()?;
             let load = match keys.take("load") {
                 None => 100.0,
                 Some(v) => parse_percent("load", v)?,
@@ -251,6 +260,18 @@ impl<'a> Keys<'a> {
     fn take(&mut self, key: &str) -> Option<&'a str> {
         let at = self.pairs.iter().position(|(k, _)| *k == key)?;
         Some(self.pairs.remove(at).1)
+    }
+
+    /// `workers`: how many stressor processes, 1 by default.
+    fn workers(&mut self) -> Result<u32, SpecError> {
+        match self.take("workers") {
+            None => Ok(1),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| bad("workers", v, "expected 1 to 1024 stressor processes")),
+        }
     }
 
     /// A key the kind cannot do without; `example` shows a whole spec that has it.

@@ -86,6 +86,7 @@ fn canonical_text_round_trips() {
         "memory-pressure:size=512MiB",
         "memory-pressure:limit=64MiB",
         "cpu-throttle:quota=20%",
+        "io-stress:path=/var/tmp,workers=2,bytes=64MiB",
         "cpu-throttle:quota=2.5%",
         "memory-leak:rate=10MiB/s,max=1GiB,then=hold",
         "memory-leak:rate=1000/s,max=1MiB,then=release",
@@ -256,6 +257,9 @@ fn bad_input_is_named() {
         ),
         ("memory-pressure:size=1MiB,limit=1MiB", "not both"),
         ("cpu-throttle", "`cpu-throttle` needs `quota`"),
+        ("io-stress", "`io-stress` needs `path`"),
+        ("io-stress:path=/x,workers=0", "bad value `0` for `workers`"),
+        ("io-stress:path=/x,bytes=0", "bad value `0` for `bytes`"),
         ("cpu-throttle:quota=0.2", "bad value `0.2` for `quota`"),
         ("memory-pressure:size=0", "bad value `0` for `size`"),
         (

@@ -178,6 +178,13 @@ impl fmt::Display for FaultSpec {
                 }
             }
             FaultSpec::CpuHog(h) => write!(f, "cpu-hog:workers={},load={}%", h.workers, h.load),
+            FaultSpec::IoStress(io) => write!(
+                f,
+                "io-stress:path={},workers={},bytes={}",
+                io.path.display(),
+                io.workers,
+                SizeText(io.bytes)
+            ),
             FaultSpec::CpuThrottle(t) => write!(f, "cpu-throttle:quota={}%", t.quota),
             FaultSpec::MemoryPressure(MemoryPressureSpec::Size(size)) => {
                 write!(f, "memory-pressure:size={}", SizeText(*size))
