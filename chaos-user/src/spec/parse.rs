@@ -109,15 +109,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         }
         "connect" => FaultSpec::Connect(parse_connect(&mut keys)?),
         "reset" => {
-            let interval = match keys.take("interval") {
-                None => None,
-                Some(v) => match parse_duration("interval", v)? {
-                    i if i < MIN_RESET_INTERVAL => {
-                        return Err(bad("interval", v, "at least 100ms"));
-                    }
-                    i => Some(i),
-                },
-            };
+            let interval = keys.interval()?;
             let (filter, flows) = keys.filter()?;
             FaultSpec::Reset(ResetSpec {
                 interval,
@@ -232,15 +224,7 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
         "page-cache" => {
             let path = keys.required("path", "page-cache:path=/var/lib/app,interval=1s")?;
             let path = parse_path("path", path)?;
-            let interval = match keys.take("interval") {
-                None => None,
-                Some(v) => match parse_duration("interval", v)? {
-                    i if i < MIN_RESET_INTERVAL => {
-                        return Err(bad("interval", v, "at least 100ms"));
-                    }
-                    i => Some(i),
-                },
-            };
+            let interval = keys.interval()?;
             FaultSpec::PageCache(PageCacheSpec { path, interval })
         }
         _ => return Err(SpecError::UnknownKind(kind.to_string())),
@@ -260,6 +244,17 @@ impl<'a> Keys<'a> {
     fn take(&mut self, key: &str) -> Option<&'a str> {
         let at = self.pairs.iter().position(|(k, _)| *k == key)?;
         Some(self.pairs.remove(at).1)
+    }
+
+    /// An optional `interval` between rounds that walk sockets or files: at least 100 ms.
+    fn interval(&mut self) -> Result<Option<Duration>, SpecError> {
+        let Some(v) = self.take("interval") else {
+            return Ok(None);
+        };
+        match parse_duration("interval", v)? {
+            i if i < MIN_RESET_INTERVAL => Err(bad("interval", v, "at least 100ms")),
+            i => Ok(Some(i)),
+        }
     }
 
     /// `workers`: how many stressor processes, 1 by default.
