@@ -55,6 +55,8 @@ const GUEST_TESTS: &[&str] = &[
     "crash_with_a_path_counts_only_calls_on_files_under_it",
     "cpu_throttle_caps_a_busy_loop_near_the_quota",
     "memory_limit_kills_what_outgrows_it_and_is_lifted_by_recover",
+    "cpu_hog_uses_about_its_load_in_the_cgroup",
+    "memory_leak_grows_at_about_its_rate_then_holds",
 ];
 /// The tests of the LSM hook faults, which the VM lane runs in both of its hook batches.
 const HOOK_TESTS: &[&str] = &[
