@@ -187,40 +187,53 @@ fn step(walk: &mut Walk, off: &KernelOffsets) -> bool {
     true
 }
 
-/// The verdict of the call rules on one call doing `op` on the object at `start`: 0 to let it
-/// go on, or the negative errno it fails with.
-///
-/// `other` is a second object of the call (the new name of a rename, the old name of a link):
-/// a rule's path matches when either is under it.
+/// What `gate` found: the call is not the target's, or no rule is live.
+const NOT_OURS: u32 = 0;
+/// The call is the target's and a rule sees its operation, none with a path.
+const OURS: u32 = 1;
+/// The same, and some rule for the operation has a path: the walk is needed.
+const OURS_WITH_PATH: u32 = 2;
+
+/// Whether any call rule may act on this call doing `op`. Every hook asks first, so that the
+/// calls of every other process on the machine cost no reads of kernel structs.
 #[inline(never)]
-fn decide(op: u64, start: Start, other: Start) -> i32 {
+fn gate(op: u64) -> u32 {
     let Some(target) = TARGET.get(0) else {
-        return 0;
+        return NOT_OURS;
     };
     if target.call_rules == 0 {
-        return 0;
+        return NOT_OURS;
     }
     // SAFETY: a plain helper call; the level is the target's depth.
     let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(target.level as i32) };
     if cgroup != target.cgroup_id {
-        return 0;
+        return NOT_OURS;
     }
-    let mut wants_path = false;
+    let mut found = NOT_OURS;
     for i in 0..MAX_CALL_RULES {
         if i >= target.call_rules {
             break;
         }
         if let Some(rule) = CALL_RULES.get(i) {
-            wants_path |= rule.ops & op != 0 && rule.path_bit != 0;
+            if rule.ops & op != 0 {
+                found = found.max(if rule.path_bit != 0 {
+                    OURS_WITH_PATH
+                } else {
+                    OURS
+                });
+            }
         }
     }
-    let mut under = 0;
-    if wants_path && start.dentry != 0 {
-        under |= prefixes(start.dentry, start.mnt);
-    }
-    if wants_path && other.dentry != 0 {
-        under |= prefixes(other.dentry, other.mnt);
-    }
+    found
+}
+
+/// The verdict of the call rules on one call doing `op` (past `gate`), whose objects are
+/// under the prefixes `under`: 0 to let it go on, or the negative errno it fails with.
+#[inline(never)]
+fn verdict(op: u64, under: u32) -> i32 {
+    let Some(target) = TARGET.get(0) else {
+        return 0;
+    };
     let now = now();
     for i in 0..MAX_CALL_RULES {
         if i >= target.call_rules {
@@ -248,6 +261,35 @@ fn decide(op: u64, start: Start, other: Start) -> i32 {
         return -(errno as i32);
     }
     0
+}
+
+/// The prefix bits of a call's objects: `objects` reads them from the hook's arguments, and
+/// runs only when a rule has a path. The second object (the new name of a rename, the old name
+/// of a link) matches as well as the first.
+#[inline(always)]
+fn under(gate: u32, objects: impl FnOnce(&KernelOffsets) -> (Start, Start)) -> u32 {
+    if gate != OURS_WITH_PATH {
+        return 0;
+    }
+    let (first, second) = objects(&offsets());
+    let mut under = 0;
+    if first.dentry != 0 {
+        under |= prefixes(first.dentry, first.mnt);
+    }
+    if second.dentry != 0 {
+        under |= prefixes(second.dentry, second.mnt);
+    }
+    under
+}
+
+/// The verdict on a call doing `op` on the objects `objects` reads.
+#[inline(always)]
+fn decide(op: u64, objects: impl FnOnce(&KernelOffsets) -> (Start, Start)) -> i32 {
+    let gate = gate(op);
+    if gate == NOT_OURS {
+        return 0;
+    }
+    verdict(op, under(gate, objects))
 }
 
 /// The file behind descriptor `fd` of the calling process; 0 if none.
@@ -295,6 +337,10 @@ macro_rules! hook {
 /// An open that created its file was decided at `path_mknod`, before the file existed.
 #[inline(always)]
 fn file_open(ctx: *mut c_void) -> i32 {
+    let gate = gate(op::OPEN);
+    if gate == NOT_OURS {
+        return 0;
+    }
     let off = offsets();
     let file = arg(ctx, 0);
     if file != 0 && off.valid != 0 {
@@ -306,7 +352,7 @@ fn file_open(ctx: *mut c_void) -> i32 {
             return 0;
         }
     }
-    decide(op::OPEN, of_file(file, &off), NO_PATH)
+    verdict(op::OPEN, under(gate, |off| (of_file(file, off), NO_PATH)))
 }
 
 #[inline(always)]
@@ -319,25 +365,25 @@ fn file_permission(ctx: *mut c_void) -> i32 {
     } else {
         return 0;
     };
-    decide(op, of_file(arg(ctx, 0), &offsets()), NO_PATH)
+    file(ctx, op)
 }
 
 /// Hooks whose arguments are `(const struct path *dir, struct dentry *dentry, ...)`.
 #[inline(always)]
 fn entry(ctx: *mut c_void, op: u64) -> i32 {
-    decide(op, of_entry(arg(ctx, 0), arg(ctx, 1), &offsets()), NO_PATH)
+    decide(op, |off| (of_entry(arg(ctx, 0), arg(ctx, 1), off), NO_PATH))
 }
 
 /// Hooks whose first argument is `const struct path *`.
 #[inline(always)]
 fn path(ctx: *mut c_void, op: u64) -> i32 {
-    decide(op, of_path(arg(ctx, 0), &offsets()), NO_PATH)
+    decide(op, |off| (of_path(arg(ctx, 0), off), NO_PATH))
 }
 
 /// Hooks whose first argument is `struct file *`.
 #[inline(always)]
 fn file(ctx: *mut c_void, op: u64) -> i32 {
-    decide(op, of_file(arg(ctx, 0), &offsets()), NO_PATH)
+    decide(op, |off| (of_file(arg(ctx, 0), off), NO_PATH))
 }
 
 /// A new regular file is also an open (open with `O_CREAT` makes it here): `op=open` fails
@@ -376,25 +422,25 @@ fn path_symlink(ctx: *mut c_void) -> i32 {
 /// `(old_dir, old_dentry, new_dir, new_dentry, flags)`: either name under a path matches.
 #[inline(always)]
 fn path_rename(ctx: *mut c_void) -> i32 {
-    let off = offsets();
-    decide(
-        op::RENAME,
-        of_entry(arg(ctx, 0), arg(ctx, 1), &off),
-        of_entry(arg(ctx, 2), arg(ctx, 3), &off),
-    )
+    decide(op::RENAME, |off| {
+        (
+            of_entry(arg(ctx, 0), arg(ctx, 1), off),
+            of_entry(arg(ctx, 2), arg(ctx, 3), off),
+        )
+    })
 }
 
 /// `(old_dentry, new_dir, new_dentry)`: either name under a path matches (a hard link stays
 /// on one mount).
 #[inline(always)]
 fn path_link(ctx: *mut c_void) -> i32 {
-    let off = offsets();
-    let new_dir = arg(ctx, 1);
-    decide(
-        op::LINK,
-        of_entry(new_dir, arg(ctx, 2), &off),
-        of_entry(new_dir, arg(ctx, 0), &off),
-    )
+    decide(op::LINK, |off| {
+        let new_dir = arg(ctx, 1);
+        (
+            of_entry(new_dir, arg(ctx, 2), off),
+            of_entry(new_dir, arg(ctx, 0), off),
+        )
+    })
 }
 
 #[inline(always)]
@@ -428,7 +474,7 @@ macro_rules! pathless {
         $(
             #[inline(always)]
             fn $name(_ctx: *mut c_void) -> i32 {
-                decide($op, NO_PATH, NO_PATH)
+                decide($op, |_| (NO_PATH, NO_PATH))
             }
         )*
     };
