@@ -61,12 +61,24 @@ pub struct Session {
     damages: Vec<(usize, crate::corrupt::Saved, u64)>,
     /// The limits lowered, by fault: the file, when, and the cgroup's CPU time then (µs).
     limits: Vec<(usize, std::path::PathBuf, std::time::Instant, u64)>,
+    /// The session's own v1 groups (hybrid layouts), which hold the target's processes while a
+    /// limit on a v1 controller lasts.
+    v1: Vec<V1Group>,
     /// The stressor processes, by fault, and when they started.
     stressors: Vec<(usize, Vec<std::process::Child>, std::time::Instant)>,
     /// Other network namespaces the target's processes are in, with what runs there.
     namespaces: Vec<Namespace>,
     /// What this session holds alone (`dns` of its target).
     _claims: Vec<Claim>,
+}
+
+/// A v1 group of the session's own, in the hierarchy of `controller` mounted at `mount`.
+struct V1Group {
+    controller: &'static str,
+    mount: std::path::PathBuf,
+    path: std::path::PathBuf,
+    /// Its entry in the undo log, which lists where each process came from.
+    entry: Entry,
 }
 
 /// A network namespace of the target other than the injector's.
@@ -216,6 +228,7 @@ impl Session {
             damages: Vec::new(),
             stressors: Vec::new(),
             limits: Vec::new(),
+            v1: Vec::new(),
             namespaces: Vec::new(),
             _claims: claims,
         };
@@ -300,45 +313,36 @@ impl Session {
                 _ => None,
             };
             let limit = match fault {
-                FaultSpec::CpuThrottle(t) => {
-                    // A period of 100 ms, the kernel's default; the quota at least 1 ms.
-                    let quota = ((t.quota / 100.0) * 100_000.0).round().max(1000.0) as u64;
-                    Some(("cpu.max", format!("{quota} 100000"), "cpu"))
-                }
+                // A period of 100 ms, the kernel's default; the quota at least 1 ms.
+                FaultSpec::CpuThrottle(t) => Some((
+                    "cpu",
+                    ((t.quota / 100.0) * 100_000.0).round().max(1000.0) as u64,
+                )),
                 FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(bytes)) => {
-                    Some(("memory.max", bytes.to_string(), "memory"))
+                    Some(("memory", *bytes))
                 }
                 _ => None,
             };
-            if let Some((name, value, controller)) = limit {
-                let target = self
-                    .target
-                    .as_ref()
-                    .ok_or_else(|| anyhow::anyhow!("{} needs --cgroup", fault.kind()))?;
-                let file = target.path.join(name);
-                let Ok(previous) = std::fs::read_to_string(&file) else {
-                    anyhow::bail!(
-                        "{}: cgroup {} has no {name}: the {controller} controller is not enabled \
-                         for it in cgroup v2 (on a hybrid layout it is a v1 controller); enable \
-                         it with `echo +{controller} > PARENT/cgroup.subtree_control`",
-                        fault.kind(),
-                        target.name
-                    );
-                };
-                let previous = previous.trim().to_string();
-                undo.push(Entry::Limit {
-                    file: file.clone(),
-                    previous: previous.clone(),
-                })?;
-                std::fs::write(&file, &value)
-                    .with_context(|| format!("write {value} to {}", file.display()))?;
-                log::info!(
-                    "{}: {} was {previous}, now {value}",
-                    fault.kind(),
-                    file.display()
-                );
+            if let Some((controller, value)) = limit {
+                let kind = fault.kind();
+                let files = self.limit_files(kind, controller, value, undo)?;
+                for (file, value) in &files {
+                    let previous = std::fs::read_to_string(file)
+                        .with_context(|| format!("read {}", file.display()))?
+                        .trim()
+                        .to_string();
+                    undo.push(Entry::Limit {
+                        file: file.clone(),
+                        previous: previous.clone(),
+                    })?;
+                    std::fs::write(file, value)
+                        .with_context(|| format!("write {value} to {}", file.display()))?;
+                    log::info!("{kind}: {} was {previous}, now {value}", file.display());
+                }
+                let (file, _) = files.last().expect("a limit has a file");
+                let cpu_then = self.target.as_ref().map_or(0, |t| usage_usec(&t.path));
                 self.limits
-                    .push((i, file, std::time::Instant::now(), usage_usec(&target.path)));
+                    .push((i, file.clone(), std::time::Instant::now(), cpu_then));
                 continue;
             }
             if let Some((workers, work)) = stress {
@@ -358,7 +362,9 @@ impl Session {
                     if let Some(file) = &file {
                         undo.push(Entry::Fill { file: file.clone() })?;
                     }
-                    match crate::stress::spawn(&target.path, work, file.as_deref()) {
+                    let v1: Vec<&std::path::Path> =
+                        self.v1.iter().map(|g| g.path.as_path()).collect();
+                    match crate::stress::spawn(&target.path, &v1, work, file.as_deref()) {
                         Ok(child) => children.push(child),
                         Err(e) => {
                             self.stressors.push((i, children, started));
@@ -406,6 +412,135 @@ impl Session {
         Ok(())
     }
 
+    /// The files a limit on `controller` is written to, with their values: the target's
+    /// cgroup2 file, or where the controller is a v1 one (hybrid layouts), those of the
+    /// session's own v1 group that holds the target's processes.
+    fn limit_files(
+        &mut self,
+        kind: &str,
+        controller: &'static str,
+        value: u64,
+        undo: &mut UndoLog,
+    ) -> anyhow::Result<Vec<(std::path::PathBuf, String)>> {
+        let target = self
+            .target
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("{kind} needs --cgroup"))?;
+        if let Some(mount) = crate::cgroup::v1::hierarchy(controller) {
+            let group = self.v1_group(&target, controller, mount, undo)?;
+            return Ok(crate::cgroup::v1::limit_files(&group, controller, value));
+        }
+        let (name, value) = match controller {
+            "cpu" => ("cpu.max", format!("{value} 100000")),
+            _ => ("memory.max", value.to_string()),
+        };
+        let file = target.path.join(name);
+        if !file.exists() {
+            anyhow::bail!(
+                "{kind}: cgroup {} has no {name}: the {controller} controller is not enabled for                  it; enable it with `echo +{controller} > PARENT/cgroup.subtree_control` in each                  cgroup above it",
+                target.name
+            );
+        }
+        Ok(vec![(file, value)])
+    }
+
+    /// The session's v1 group for `controller`, made on first use: below the deepest group
+    /// that holds all the target's processes (or chaos-user's own group, when the target has
+    /// none yet), with the target's processes moved in. In the undo log first.
+    fn v1_group(
+        &mut self,
+        target: &Cgroup,
+        controller: &'static str,
+        mount: std::path::PathBuf,
+        undo: &mut UndoLog,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        use crate::cgroup::v1;
+        if let Some(g) = self.v1.iter().find(|g| g.controller == controller) {
+            return Ok(g.path.clone());
+        }
+        let origins: Vec<(i32, std::path::PathBuf)> = crate::cgroup::processes_below(&target.path)
+            .into_iter()
+            .filter_map(|pid| Some((pid, v1::group_of(&mount, controller, pid)?)))
+            .collect();
+        let parent = if origins.is_empty() {
+            let own = v1::group_of(&mount, controller, std::process::id() as i32);
+            own.unwrap_or_else(|| mount.clone())
+        } else {
+            let groups: Vec<_> = origins.iter().map(|(_, g)| g.clone()).collect();
+            v1::common_ancestor(&mount, &groups)
+        };
+        let path = parent.join(format!("{}{}", v1::GROUP_PREFIX, std::process::id()));
+        let entry = Entry::Moved {
+            group: path.clone(),
+            origins: origins.clone(),
+        };
+        undo.push(entry.clone())?;
+        crate::cgroup::create(&path)?;
+        self.v1.push(V1Group {
+            controller,
+            mount,
+            path: path.clone(),
+            entry,
+        });
+        for (pid, _) in &origins {
+            move_in(&path, *pid)?;
+        }
+        log::info!(
+            "the target's {} processes moved into v1 group {}",
+            origins.len(),
+            path.display()
+        );
+        Ok(path)
+    }
+
+    /// Moves processes that came into the target since the last tick into the session's v1
+    /// groups, each origin in the undo log before the move.
+    fn keep_v1_groups(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
+        let Some(target) = &self.target else {
+            return Ok(());
+        };
+        if self.v1.is_empty() {
+            return Ok(());
+        }
+        let pids = crate::cgroup::processes_below(&target.path);
+        for g in &mut self.v1 {
+            let came: Vec<(i32, std::path::PathBuf)> = pids
+                .iter()
+                .filter_map(|&pid| {
+                    Some((
+                        pid,
+                        crate::cgroup::v1::group_of(&g.mount, g.controller, pid)?,
+                    ))
+                })
+                .filter(|(_, origin)| origin != &g.path)
+                .collect();
+            if came.is_empty() {
+                continue;
+            }
+            let Entry::Moved { group, origins } = &g.entry else {
+                continue;
+            };
+            let mut origins = origins.clone();
+            origins.retain(|(pid, _)| !came.iter().any(|(p, _)| p == pid));
+            origins.extend(came.iter().cloned());
+            let entry = Entry::Moved {
+                group: group.clone(),
+                origins,
+            };
+            undo.replace(&g.entry, entry.clone())?;
+            g.entry = entry;
+            for (pid, _) in &came {
+                move_in(&g.path, *pid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The session's own v1 groups, which a command started in the target joins too.
+    pub fn v1_groups(&self) -> Vec<std::path::PathBuf> {
+        self.v1.iter().map(|g| g.path.clone()).collect()
+    }
+
     /// Drops the programs (which detaches every link and netlink filter they hold), stops the
     /// responder, then undoes what the kernel does not undo by itself.
     fn detach(self, undo: &mut UndoLog) -> anyhow::Result<()> {
@@ -435,6 +570,7 @@ impl Session {
                     | Entry::Frozen { .. }
                     | Entry::Fill { .. }
                     | Entry::Limit { .. }
+                    | Entry::Moved { .. }
             )
         })?;
         Ok(())
@@ -467,6 +603,7 @@ impl Session {
     pub fn tick(&mut self, undo: &mut UndoLog) -> anyhow::Result<Vec<String>> {
         self.renew_deadlines();
         self.programs.write_rules(&self.plan)?;
+        self.keep_v1_groups(undo)?;
         self.due()?;
         if self.plan.fq {
             tc::install_fq_everywhere(undo, spec::MAX_DELAY, None)?;
@@ -700,11 +837,14 @@ impl Session {
                         self.limits.iter().find(|(at, _, _, _)| *at == i)
                     {
                         let cgroup = file.parent().unwrap_or(file);
+                        // cgroup2 counts CPU time in every directory, with or without the
+                        // controller; memory is counted where the limit is.
+                        let cpu_now = self.target.as_ref().map_or(0, |t| usage_usec(&t.path));
                         let (place, allowed, got) = match fault {
                             FaultSpec::CpuThrottle(t) => (
                                 "cpu-ms",
                                 (started.elapsed().as_millis() as f64 * t.quota / 100.0) as u64,
-                                usage_usec(cgroup).saturating_sub(*cpu_then) / 1000,
+                                cpu_now.saturating_sub(*cpu_then) / 1000,
                             ),
                             FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(limit)) => (
                                 "bytes",
@@ -712,6 +852,11 @@ impl Session {
                                 std::fs::read_to_string(cgroup.join("memory.peak"))
                                     .or_else(|_| {
                                         std::fs::read_to_string(cgroup.join("memory.current"))
+                                    })
+                                    .or_else(|_| {
+                                        std::fs::read_to_string(
+                                            cgroup.join("memory.max_usage_in_bytes"),
+                                        )
                                     })
                                     .ok()
                                     .and_then(|t| t.trim().parse().ok())
@@ -942,6 +1087,12 @@ pub fn monotonic_now() -> Duration {
     // SAFETY: `ts` is a valid timespec for the call to fill in; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Moves process `pid` into the v1 group at `group`.
+fn move_in(group: &std::path::Path, pid: i32) -> anyhow::Result<()> {
+    crate::cgroup::v1::move_to(group, pid)
+        .with_context(|| format!("move process {pid} into {}", group.display()))
 }
 
 /// The CPU time a cgroup's processes used so far, in microseconds (`cpu.stat`, which every

@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -57,14 +57,9 @@ impl Work {
     }
 }
 
-/// Starts a stressor in the cgroup at `cgroup` (a cgroup2 directory); `io` stressors write to
-/// `file`.
-pub fn spawn(cgroup: &Path, work: Work, file: Option<&Path>) -> Result<Child> {
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .with_context(|| format!("open {}/cgroup.procs", cgroup.display()))?;
-    let fd = procs.as_raw_fd();
+/// Starts a stressor in the cgroup at `cgroup` (a cgroup2 directory) and in the v1 groups
+/// `v1` (hybrid layouts); `io` stressors write to `file`.
+pub fn spawn(cgroup: &Path, v1: &[&Path], work: Work, file: Option<&Path>) -> Result<Child> {
     let exe = std::env::current_exe().context("find chaos-user's own binary")?;
     let mut cmd = Command::new(exe);
     cmd.arg("stress").args(work.args());
@@ -74,13 +69,13 @@ pub fn spawn(cgroup: &Path, work: Work, file: Option<&Path>) -> Result<Child> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: runs between fork and exec and only calls write(2) and prctl(2); `procs` stays
+    let groups = crate::cgroup::JoinOnStart::new(cgroup, v1)?;
+    // SAFETY: runs between fork and exec and only calls write(2) and prctl(2); `groups` stays
     // open until the spawn returns.
     unsafe {
+        let join = groups.hook();
         cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
+            join()?;
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -88,7 +83,7 @@ pub fn spawn(cgroup: &Path, work: Work, file: Option<&Path>) -> Result<Child> {
         });
     }
     let child = cmd.spawn().context("start a stressor")?;
-    drop(procs);
+    drop(groups);
     Ok(child)
 }
 

@@ -47,7 +47,15 @@ pub enum Entry {
     /// Pacing caps that `bandwidth` sets on the target's TCP connections, at these rates; they
     /// stay on the sockets until lifted.
     PacingCaps { cgroup: PathBuf, rates: Vec<u64> },
-    /// A cgroup v2 limit (`cpu.max`, `memory.max`) lowered by `cpu-throttle` or
+    /// A v1 group (hybrid layouts) that a session moved the target's processes into, for a
+    /// limit; undone by moving each process back to the group it came from (`origins`, by PID;
+    /// the group's parent for any other) and removing the group.
+    Moved {
+        group: PathBuf,
+        origins: Vec<(i32, PathBuf)>,
+    },
+    /// A cgroup limit (`cpu.max`, `memory.max`, or on a v1 group `cpu.cfs_quota_us`,
+    /// `cpu.cfs_period_us`, `memory.limit_in_bytes`) lowered by `cpu-throttle` or
     /// `memory-pressure`; `previous` is written back when undone.
     Limit { file: PathBuf, previous: String },
     /// A file of `disk-fill` that takes a filesystem's free space; removed when undone.
@@ -71,6 +79,7 @@ impl Entry {
             | Entry::PacingCaps { .. }
             | Entry::Frozen { .. }
             | Entry::Fill { .. }
+            | Entry::Moved { .. }
             | Entry::Limit { .. } => None,
             Entry::TcFilter { netns, .. }
             | Entry::ClsactQdisc { netns, .. }
@@ -85,6 +94,12 @@ impl std::fmt::Display for Entry {
             Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
             Entry::Frozen { cgroup } => write!(f, "the freeze of cgroup {}", cgroup.display()),
             Entry::Fill { file } => write!(f, "disk-fill file {}", file.display()),
+            Entry::Moved { group, origins } => write!(
+                f,
+                "v1 group {} (its processes back to where they were; {} moved in)",
+                group.display(),
+                origins.len()
+            ),
             Entry::Limit { file, previous } => {
                 write!(f, "the limit {} (back to {previous})", file.display())
             }
@@ -146,51 +161,58 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
     match entry {
         Entry::Cgroup { path } => {
             // Only what `run` makes: a log that names anything else is not to be trusted.
-            let mount = crate::cgroup::mount_point()?;
-            let ours = path.starts_with(&mount)
+            let ours = crate::cgroup::is_below_a_mount(path)
                 && path.file_name().is_some_and(|n| {
                     n.to_string_lossy()
                         .starts_with(crate::cgroup::RUN_CGROUP_PREFIX)
-                })
-                && !path
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir);
+                });
             if !ours {
-                return Ok(Outcome::Kept(format!(
-                    "{} is not a cgroup that chaos-user makes; the undo log is damaged, so it is \
-                     left alone",
-                    path.display()
-                )));
+                return Ok(damaged(path, "a cgroup that chaos-user makes"));
             }
             if !path.exists() {
                 return Ok(Outcome::AlreadyGone);
             }
             let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
-            let events = fs::read_to_string(path.join("cgroup.events")).unwrap_or_default();
-            if events.lines().any(|l| l.trim() == "populated 1") {
-                let pids: Vec<&str> = procs.split_whitespace().collect();
-                return Ok(Outcome::Pending(if pids.is_empty() {
-                    "processes remain in its descendant cgroups".to_string()
-                } else {
-                    format!("processes remain in it: {}", pids.join(" "))
-                }));
+            let pids: Vec<&str> = procs.split_whitespace().collect();
+            if !pids.is_empty() {
+                return Ok(Outcome::Pending(format!(
+                    "processes remain in it: {}",
+                    pids.join(" ")
+                )));
             }
-            crate::cgroup::remove(path)?;
-            Ok(Outcome::Undone)
+            remove_group(path)
+        }
+        Entry::Moved { group, origins } => {
+            let ours = crate::cgroup::is_below_a_mount(group)
+                && group.file_name().is_some_and(|n| {
+                    n.to_string_lossy()
+                        .starts_with(crate::cgroup::v1::GROUP_PREFIX)
+                });
+            if !ours {
+                return Ok(damaged(group, "a v1 group that chaos-user makes"));
+            }
+            if !group.exists() {
+                return Ok(Outcome::AlreadyGone);
+            }
+            let home = group.parent().unwrap_or(group);
+            for pid in crate::cgroup::v1::procs(group) {
+                // Back where it came from, or where the group is, if that is gone.
+                let back = origins
+                    .iter()
+                    .find(|(p, _)| *p == pid)
+                    .map(|(_, origin)| origin.as_path())
+                    .filter(|o| o.starts_with(home) && crate::cgroup::is_below_a_mount(o))
+                    .filter(|o| o.join("cgroup.procs").exists())
+                    .unwrap_or(home);
+                crate::cgroup::v1::move_to(back, pid)
+                    .with_context(|| format!("move process {pid} back to {}", back.display()))?;
+            }
+            remove_group(group)
         }
         Entry::Frozen { cgroup } => {
             let mount = crate::cgroup::mount_point()?;
-            let inside = cgroup.starts_with(&mount)
-                && cgroup != &mount
-                && !cgroup
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir);
-            if !inside {
-                return Ok(Outcome::Kept(format!(
-                    "{} is not a cgroup below the cgroup2 mount; the undo log is damaged, so it \
-                     is left alone",
-                    cgroup.display()
-                )));
+            if !cgroup.starts_with(&mount) || !crate::cgroup::is_below_a_mount(cgroup) {
+                return Ok(damaged(cgroup, "a cgroup below the cgroup2 mount"));
             }
             if !cgroup.exists() {
                 return Ok(Outcome::AlreadyGone);
@@ -200,20 +222,14 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             Ok(Outcome::Undone)
         }
         Entry::Limit { file, previous } => {
-            let mount = crate::cgroup::mount_point()?;
-            let ours = file.starts_with(&mount)
-                && file
-                    .file_name()
-                    .is_some_and(|n| n == "cpu.max" || n == "memory.max")
-                && !file
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir);
+            let ours = crate::cgroup::is_below_a_mount(file)
+                && file.file_name().is_some_and(|n| {
+                    n == "cpu.max"
+                        || n == "memory.max"
+                        || crate::cgroup::v1::LIMIT_FILES.iter().any(|f| n == *f)
+                });
             if !ours {
-                return Ok(Outcome::Kept(format!(
-                    "{} is not a limit that chaos-user lowers; the undo log is damaged, so it is \
-                     left alone",
-                    file.display()
-                )));
+                return Ok(damaged(file, "a limit that chaos-user lowers"));
             }
             if !file.exists() {
                 return Ok(Outcome::AlreadyGone);
@@ -224,11 +240,7 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
         }
         Entry::Fill { file } => {
             if !crate::fill::is_fill_file(file) {
-                return Ok(Outcome::Kept(format!(
-                    "{} is not a file that disk-fill makes; the undo log is damaged, so it is \
-                     left alone",
-                    file.display()
-                )));
+                return Ok(damaged(file, "a file that disk-fill makes"));
             }
             // Never made (a read-only filesystem refuses even the removal of nothing).
             if fs::symlink_metadata(file).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
@@ -259,6 +271,27 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
         Entry::FqQdisc {
             interface, handle, ..
         } => crate::tc::undo_fq(interface, *handle),
+    }
+}
+
+/// What to say of an entry that names what chaos-user never makes.
+fn damaged(path: &std::path::Path, what: &str) -> Outcome {
+    Outcome::Kept(format!(
+        "{} is not {what}; the undo log is damaged, so it is left alone",
+        path.display()
+    ))
+}
+
+/// Removes a cgroup directory of ours that holds no process; one that still has groups or
+/// processes below it waits.
+fn remove_group(path: &std::path::Path) -> Result<Outcome> {
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(Outcome::Undone),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Outcome::AlreadyGone),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(Outcome::Pending(
+            "processes remain in the groups below it".to_string(),
+        )),
+        Err(e) => Err(e).with_context(|| format!("remove cgroup {}", path.display())),
     }
 }
 
@@ -309,6 +342,16 @@ impl UndoLog {
             self.write()?;
         }
         Ok(outcome)
+    }
+
+    /// Puts `new` in the place of `old` (an entry that grew, such as the processes a group
+    /// holds); `new` is added when `old` is not in the log.
+    pub fn replace(&mut self, old: &Entry, new: Entry) -> Result<()> {
+        match self.record.entries.iter_mut().find(|e| *e == old) {
+            Some(e) => *e = new,
+            None => self.record.entries.push(new),
+        }
+        self.write()
     }
 
     /// Forgets an entry whose action turned out not to be done (or not to be ours).
@@ -445,6 +488,41 @@ fn process_start_time(pid: u32) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_naming_what_chaos_user_never_makes_is_not_trusted() {
+        let dir = std::env::temp_dir().join(format!("chaos-undo-test-{}", std::process::id()));
+        let group = dir.join("chaos-user-limit-1");
+        fs::create_dir_all(&group).unwrap();
+        let limit = dir.join("memory.max");
+        fs::write(&limit, "keep").unwrap();
+        let entries = [
+            Entry::Limit {
+                file: limit.clone(),
+                previous: "changed".into(),
+            },
+            Entry::Moved {
+                group: group.clone(),
+                origins: vec![(1, dir.clone())],
+            },
+            Entry::Cgroup {
+                path: dir.join("chaos-user-run-1"),
+            },
+            Entry::Fill {
+                file: dir.join("memory.max"),
+            },
+        ];
+        for entry in &entries {
+            let outcome = undo(entry).unwrap();
+            assert!(
+                matches!(&outcome, Outcome::Kept(why) if why.contains("damaged")),
+                "{entry}: {outcome:?}"
+            );
+        }
+        assert_eq!(fs::read_to_string(&limit).unwrap(), "keep");
+        assert!(group.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn own_start_time_is_readable() {

@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chaos_user::cgroup::v1;
+
 use chaos_tests::{
     Injector, TestCgroup, chaos_user, root_or_skip, run, runtime_dir, skip, undo_logs,
 };
@@ -634,21 +636,30 @@ fn memory_limit_kills_what_outgrows_it_and_is_lifted_by_recover() {
 }
 
 #[test]
-fn cgroup_limits_are_refused_where_the_controller_is_not_in_v2() {
+fn cgroup_limits_are_refused_where_the_controller_is_not_enabled() {
     if !root_or_skip() {
         return;
     }
-    let target = TestCgroup::new("target");
-    for (spec, file) in [
-        ("cpu-throttle:quota=20%", "cpu.max"),
-        ("memory-pressure:limit=64MiB", "memory.max"),
+    // A cgroup whose parent gives it no controllers.
+    let parent = TestCgroup::new("no-controllers");
+    let target = parent.child("target");
+    for (spec, controller, file) in [
+        ("cpu-throttle:quota=20%", "cpu", "cpu.max"),
+        ("memory-pressure:limit=64MiB", "memory", "memory.max"),
     ] {
-        if target.path.join(file).exists() {
+        if let Some(mount) = v1::hierarchy(controller) {
             skip(&format!(
-                "{file} exists here: the controller is in cgroup v2"
+                "{controller} is a cgroup v1 controller here (at {}), which a session uses \
+                 instead",
+                mount.display()
             ));
             continue;
         }
+        assert!(
+            !target.path.join(file).exists(),
+            "{file} in {}",
+            target.name
+        );
         let (status, _, stderr) = run(chaos_user().args([
             "inject",
             "--cgroup",
@@ -659,8 +670,190 @@ fn cgroup_limits_are_refused_where_the_controller_is_not_in_v2() {
             "1s",
         ]));
         assert_eq!(status.code(), Some(3), "{spec}: {stderr}");
-        assert!(stderr.contains("controller"), "{spec}: {stderr}");
+        assert!(stderr.contains("subtree_control"), "{spec}: {stderr}");
     }
+}
+
+/// The v1 group of `pid` in `controller`'s hierarchy, as /proc/PID/cgroup names it.
+fn v1_group_name(pid: u32, controller: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("/proc/PID/cgroup");
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, name) = (fields.next()?, fields.next()?, fields.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| name.to_string())
+        })
+        .unwrap_or_else(|| panic!("no {controller} line in /proc/{pid}/cgroup: {text}"))
+}
+
+/// The groups a session made in `controller`'s v1 hierarchy that still exist.
+fn v1_groups_left(mount: &Path) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    let mut dirs = vec![mount.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(v1::GROUP_PREFIX)
+                {
+                    left.push(entry.path());
+                }
+                dirs.push(entry.path());
+            }
+        }
+    }
+    left
+}
+
+/// The mount of `controller`'s v1 hierarchy, or None after a printed skip.
+fn v1_or_skip(controller: &str) -> Option<PathBuf> {
+    let mount = v1::hierarchy(controller);
+    if mount.is_none() {
+        skip(&format!(
+            "a hybrid cgroup layout ({controller} is not a cgroup v1 controller here)"
+        ));
+    }
+    mount
+}
+
+#[test]
+fn cpu_throttle_on_a_hybrid_layout_moves_the_target_into_a_v1_group_and_back() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(mount) = v1_or_skip("cpu") else {
+        return;
+    };
+    let target = TestCgroup::new("hybrid-cpu");
+    let mut busy = Command::new("/bin/sh");
+    busy.args(["-c", "while :; do :; done"]);
+    target.put(&mut busy);
+    let mut busy = busy.spawn().expect("start a busy loop");
+    let pid = busy.id();
+    let before = v1_group_name(pid, "cpu");
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "cpu-throttle:quota=20%",
+    ]);
+    let during = v1_group_name(pid, "cpu");
+    assert!(
+        during.starts_with(&format!("{}/", before.trim_end_matches('/')))
+            && during.contains(v1::GROUP_PREFIX),
+        "moved from {before} into a group below it: {during}"
+    );
+    // A process that joins the target later is moved in too, at the next tick.
+    let mut late = Command::new("/bin/sleep");
+    late.arg("30");
+    target.put(&mut late);
+    let mut late = late.spawn().expect("start a late process");
+    std::thread::sleep(Duration::from_millis(300));
+    let (t0, c0) = (Instant::now(), cpu_seconds(&target));
+    std::thread::sleep(Duration::from_secs(3));
+    let rate = (cpu_seconds(&target) - c0) / t0.elapsed().as_secs_f64();
+    println!("the busy loop got {rate:.3} CPUs under a 20% quota in v1 group {during}");
+    assert!((0.12..0.28).contains(&rate), "{rate:.3} CPUs");
+    assert_eq!(v1_group_name(late.id(), "cpu"), during, "the late process");
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(v1_group_name(pid, "cpu"), before, "back where it was");
+    assert_eq!(v1_group_name(late.id(), "cpu"), before, "the late one too");
+    assert_eq!(v1_groups_left(&mount), Vec::<PathBuf>::new());
+    let (t0, c0) = (Instant::now(), cpu_seconds(&target));
+    std::thread::sleep(Duration::from_secs(1));
+    let rate = (cpu_seconds(&target) - c0) / t0.elapsed().as_secs_f64();
+    assert!(rate > 0.5, "unthrottled after: {rate:.3} CPUs");
+    for child in [&mut busy, &mut late] {
+        child.kill().expect("stop it");
+        child.wait().expect("reap it");
+    }
+}
+
+#[test]
+fn memory_limit_on_a_hybrid_layout_kills_the_command_of_run() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(mount) = v1_or_skip("memory") else {
+        return;
+    };
+    let grow = "b = bytearray(128 << 20); print(len(b))";
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "run",
+        "--fault",
+        "memory-pressure:limit=32MiB",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        grow,
+    ]));
+    assert_eq!(status.code(), Some(137), "OOM-killed: {stdout} {stderr}");
+    assert!(stderr.contains("memory.limit_in_bytes"), "{stderr}");
+    let (status, stdout, _) = run(Command::new("/usr/bin/python3").args(["-c", grow]));
+    assert!(status.success(), "the same without the fault: {stdout}");
+    assert_eq!(v1_groups_left(&mount), Vec::<PathBuf>::new());
+    assert_eq!(undo_logs(), Vec::<String>::new());
+}
+
+#[test]
+fn v1_groups_of_a_killed_injector_are_undone_by_recover() {
+    if !root_or_skip() {
+        return;
+    }
+    let (Some(cpu), Some(memory)) = (v1_or_skip("cpu"), v1_or_skip("memory")) else {
+        return;
+    };
+    let target = TestCgroup::new("hybrid-kill");
+    let mut sleeper = Command::new("/bin/sleep");
+    sleeper.arg("60");
+    target.put(&mut sleeper);
+    let mut sleeper = sleeper.spawn().expect("start a sleeper");
+    let pid = sleeper.id();
+    let before = (v1_group_name(pid, "cpu"), v1_group_name(pid, "memory"));
+    let mut injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "cpu-throttle:quota=10%",
+        "--fault",
+        "memory-pressure:limit=64MiB",
+    ]);
+    injector.signal(libc::SIGKILL);
+    let (status, _) = injector.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let memory_group = v1_group_name(pid, "memory");
+    assert_ne!(memory_group, before.1, "still in the session's group");
+    let limit = std::fs::read_to_string(
+        memory
+            .join(memory_group.trim_start_matches('/'))
+            .join("memory.limit_in_bytes"),
+    )
+    .expect("memory.limit_in_bytes");
+    assert_eq!(
+        limit.trim(),
+        (64 * MIB).to_string(),
+        "a killed injector leaves its limit"
+    );
+    let (status, stdout, stderr) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "recover: {stdout} {stderr}");
+    assert_eq!(
+        (v1_group_name(pid, "cpu"), v1_group_name(pid, "memory")),
+        before,
+        "back where it was"
+    );
+    assert_eq!(v1_groups_left(&cpu), Vec::<PathBuf>::new());
+    assert_eq!(v1_groups_left(&memory), Vec::<PathBuf>::new());
+    assert_eq!(undo_logs(), Vec::<String>::new());
+    sleeper.kill().expect("stop the sleeper");
+    sleeper.wait().expect("reap the sleeper");
 }
 
 #[test]

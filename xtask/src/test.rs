@@ -55,6 +55,7 @@ const GUEST_TESTS: &[&str] = &[
     "crash_with_a_path_counts_only_calls_on_files_under_it",
     "cpu_throttle_caps_a_busy_loop_near_the_quota",
     "memory_limit_kills_what_outgrows_it_and_is_lifted_by_recover",
+    "cgroup_limits_are_refused_where_the_controller_is_not_enabled",
     "cpu_hog_uses_about_its_load_in_the_cgroup",
     "memory_leak_grows_at_about_its_rate_then_holds",
 ];

@@ -245,8 +245,7 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
         ),
         fault(
             "cpu-throttle",
-            "the target's cgroup v2 cpu.max (the cpu controller in v2), in the undo log first"
-                .into(),
+            limit_place("cpu", "cpu.max", "cpu.cfs_quota_us"),
             [Ok(())],
         ),
         fault(
@@ -256,9 +255,11 @@ pub(super) fn main(args: DoctorArgs) -> Result<i32> {
         ),
         fault(
             "memory-pressure",
-            "size: a stressor process of chaos-user in the target cgroup, holding the memory; \
-             limit: the target's cgroup v2 memory.max, in the undo log first"
-                .into(),
+            format!(
+                "size: a stressor process of chaos-user in the target cgroup, holding the \
+                 memory; limit: {}",
+                limit_place("memory", "memory.max", "memory.limit_in_bytes")
+            ),
             [Ok(())],
         ),
         fault(
@@ -406,4 +407,21 @@ fn probe_programs() -> Vec<ProgramFinding> {
             }
         })
         .collect()
+}
+
+/// Where a limit on `controller` goes on this machine: the target's cgroup2 file, or on a
+/// hybrid layout the v1 file of a group the session moves the target's processes into.
+fn limit_place(controller: &str, v2: &str, v1: &str) -> String {
+    match crate::cgroup::v1::hierarchy(controller) {
+        Some(mount) => format!(
+            "{controller} is a cgroup v1 controller here ({}): the target's processes are moved \
+             into a v1 group of the session's own and its {v1} is set; the group and the limit \
+             in the undo log first, the processes moved back at the end",
+            mount.display()
+        ),
+        None => format!(
+            "the target's cgroup v2 {v2} (the {controller} controller enabled for it), in the \
+             undo log first"
+        ),
+    }
 }

@@ -69,7 +69,7 @@ Fault specs: KIND:key=value,key=value  (one --fault per fault)
   disk-fill  the filesystem of a path filled up (no --cgroup)   path=/DIR free=100MiB|use=95%
   page-cache cached pages of the files under a path dropped (no --cgroup)   path=PREFIX
              [interval=1s]
-  cpu-throttle  the cgroup capped at a share of one CPU (cgroup v2 cpu.max)   quota=20%
+  cpu-throttle  the cgroup capped at a share of one CPU (cpu.max)   quota=20%
   cpu-hog    stressors in the cgroup, each busy a share of one CPU   [workers=1] [load=100%]
   memory-pressure  a stressor in the cgroup holding memory, or a lower limit (memory.max)
              size=512MiB | limit=256MiB

@@ -4,12 +4,12 @@ use std::{
     ffi::OsString,
     fs,
     io::ErrorKind,
-    os::{fd::AsRawFd as _, unix::process::ExitStatusExt as _},
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::time::{MissedTickBehavior, interval, sleep_until};
 
 use super::{RunArgs, report_leftovers, signals};
@@ -125,22 +125,16 @@ fn run_in(
         );
     }
 
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(target.path.join("cgroup.procs"))
-        .with_context(|| format!("open {}/cgroup.procs", target.path.display()))?;
-    let procs_fd = procs.as_raw_fd();
+    // The command starts in its cgroup and in the session's v1 groups, if a limit made any.
+    let v1 = session.as_ref().map(Session::v1_groups).unwrap_or_default();
+    let v1: Vec<&Path> = v1.iter().map(PathBuf::as_path).collect();
+    let groups = cgroup::JoinOnStart::new(&target.path, &v1)?;
     let mut command = tokio::process::Command::new(program);
     command.arg0(&args.command[0]).args(&args.command[1..]);
-    // SAFETY: the closure runs in the child between fork and exec and only calls write(2),
-    // which is async-signal-safe, on a descriptor opened before the fork.
+    // SAFETY: the hook runs in the child between fork and exec and only calls write(2), which
+    // is async-signal-safe, on descriptors opened before the fork.
     unsafe {
-        command.pre_exec(move || {
-            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        command.pre_exec(groups.hook());
     }
 
     runtime.block_on(async move {
@@ -162,7 +156,7 @@ fn run_in(
                 return Ok((status, false));
             }
         };
-        drop(procs);
+        drop(groups);
         let child_pid = child.id().map(|p| p as i32);
         let end = duration.map(|d| tokio::time::Instant::now() + d);
         let mut tick = interval(TICK);

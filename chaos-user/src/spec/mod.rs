@@ -575,14 +575,15 @@ pub struct CpuHogSpec {
 }
 
 /// `cpu-throttle`: the target cgroup capped at `quota` percent of one CPU (cgroup v2
-/// `cpu.max`).
+/// `cpu.max`, or v1 `cpu.cfs_quota_us` on hybrid layouts).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CpuThrottleSpec {
     pub quota: f64,
 }
 
 /// `memory-pressure`: a stressor in the target cgroup holding `size` bytes, or the cgroup's
-/// memory limit lowered to `limit` bytes (cgroup v2 `memory.max`).
+/// memory limit lowered to `limit` bytes (cgroup v2 `memory.max`, or v1
+/// `memory.limit_in_bytes` on hybrid layouts).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemoryPressureSpec {

@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::error::{Class, Classify};
 
+pub mod v1;
+
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// How `chaos-user run` names the cgroup it creates below its own, before its PID.
@@ -310,11 +312,60 @@ pub fn create(path: &Path) -> Result<(), CgroupError> {
     fs::create_dir(path).map_err(io_err("create cgroup", path))
 }
 
+/// Whether `path` is below a cgroup mount (cgroup2 or a v1 hierarchy), with no `..` in it:
+/// what the undo log may name.
+pub fn is_below_a_mount(path: &Path) -> bool {
+    let below = |mount: &Path| path.starts_with(mount) && path != mount;
+    !path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+        && (mount_point().is_ok_and(|m| below(&m)) || v1::mounts().iter().any(|m| below(m)))
+}
+
 /// Removes an empty cgroup directory; a cgroup that no longer exists counts as removed.
 pub fn remove(path: &Path) -> Result<(), CgroupError> {
     match fs::remove_dir(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other.map_err(io_err("remove cgroup", path)),
+    }
+}
+
+/// The `cgroup.procs` files of the groups a new process joins between fork and exec: its
+/// cgroup2 directory and, on hybrid layouts, v1 groups. Opened before the fork.
+pub struct JoinOnStart {
+    files: Vec<fs::File>,
+}
+
+impl JoinOnStart {
+    pub fn new(cgroup: &Path, v1: &[&Path]) -> Result<JoinOnStart, CgroupError> {
+        let files = std::iter::once(cgroup)
+            .chain(v1.iter().copied())
+            .map(|dir| {
+                let file = dir.join("cgroup.procs");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&file)
+                    .map_err(io_err("open", &file))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JoinOnStart { files })
+    }
+
+    /// What the child runs before exec: it writes itself (`0`) into each group. Only write(2),
+    /// which is async-signal-safe; keep `self` alive until the spawn has returned.
+    pub fn hook(&self) -> impl Fn() -> io::Result<()> + Send + Sync + 'static {
+        use std::os::fd::AsRawFd as _;
+        let fds: Vec<i32> = self.files.iter().map(|f| f.as_raw_fd()).collect();
+        move || {
+            for &fd in &fds {
+                // SAFETY: a one-byte buffer that lives for the call; a closed descriptor only
+                // makes the call fail.
+                if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        }
     }
 }
 
