@@ -36,26 +36,29 @@ pub trait Classify {
 /// environment's refusal, never as the user's fault.
 pub fn classify(err: &anyhow::Error) -> (Class, Option<String>) {
     for cause in err.chain() {
-        let found: Option<&dyn Classify> =
-            if let Some(e) = cause.downcast_ref::<crate::spec::SpecError>() {
-                Some(e)
-            } else if let Some(e) = cause.downcast_ref::<crate::cgroup::CgroupError>() {
-                Some(e)
-            } else if let Some(e) = cause.downcast_ref::<crate::loader::LoadError>() {
-                Some(e)
-            } else if let Some(e) = cause.downcast_ref::<UsageError>() {
-                Some(e)
-            } else if let Some(e) = cause.downcast_ref::<crate::sockdiag::SockDiagError>() {
-                Some(e)
-            } else if let Some(e) = cause.downcast_ref::<crate::dns::DnsError>() {
-                Some(e)
-            } else if let Some(e) = cause.downcast_ref::<crate::tc::FqMissing>() {
-                Some(e)
-            } else if let Some(e) = cause.downcast_ref::<crate::claim::Taken>() {
-                Some(e)
-            } else {
-                None
-            };
+        let found: Option<&dyn Classify> = if let Some(e) =
+            cause.downcast_ref::<crate::spec::SpecError>()
+        {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::cgroup::CgroupError>() {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::loader::LoadError>() {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<UsageError>() {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::sockdiag::SockDiagError>() {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::dns::DnsError>() {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::tc::FqMissing>() {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::claim::Taken>() {
+            Some(e)
+        } else if let Some(e) = cause.downcast_ref::<crate::experiment::scenario::ScenarioError>() {
+            Some(e)
+        } else {
+            None
+        };
         if let Some(e) = found {
             return (e.class(), e.hint());
         }

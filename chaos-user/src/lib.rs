@@ -9,6 +9,7 @@ pub mod cli;
 pub mod corrupt;
 pub mod dns;
 pub mod error;
+pub mod experiment;
 pub mod fill;
 pub mod loader;
 pub mod netns;

@@ -344,6 +344,11 @@ impl UndoLog {
         Ok(outcome)
     }
 
+    /// What the log holds now, oldest first.
+    pub fn entries(&self) -> &[Entry] {
+        &self.record.entries
+    }
+
     /// Puts `new` in the place of `old` (an entry that grew, such as the processes a group
     /// holds); `new` is added when `old` is not in the log.
     pub fn replace(&mut self, old: &Entry, new: Entry) -> Result<()> {

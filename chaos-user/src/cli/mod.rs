@@ -19,6 +19,7 @@ macro_rules! note {
 }
 
 mod doctor;
+mod experiment;
 mod inject;
 mod recover;
 mod run;
@@ -137,6 +138,10 @@ Examples:
   sudo chaos-user doctor
   sudo chaos-user doctor --json -")]
     Doctor(DoctorArgs),
+    /// Run an experiment from a scenario file: probes all along, phases of faults, verifiers
+    /// at the end, and a record of the run.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
     /// What a stressor of cpu-hog, memory-pressure or memory-leak runs (started by a session).
     #[command(hide = true)]
     Stress {
@@ -253,6 +258,42 @@ fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum ExperimentCommand {
+    /// Run a scenario: start its services and target, sample the probes, apply each phase's
+    /// faults for its duration, judge the verifiers, and write the record.
+    #[command(after_help = "\
+Examples:
+  sudo chaos-user experiment run examples/nginx-backend-refused.toml
+  sudo chaos-user experiment run scenario.toml --json run.json --junit junit.xml
+
+Exit status: 0 when every verifier passed, 1 when one failed or the experiment was aborted
+(by its abort condition or a signal), 2 for a bad scenario, 3 when the environment refused.
+Faults use the grammar of `inject --fault`; `dep=NAME` in a fault stands for the address of
+the dependency NAME. See README.md, \"Experiments\", for the file format.")]
+    Run(ExperimentRunArgs),
+    /// Check a scenario file without running anything: every error with its line and key.
+    #[command(after_help = "\
+Example:
+  chaos-user experiment validate scenario.toml")]
+    Validate {
+        /// The scenario file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ExperimentRunArgs {
+    /// The scenario file (TOML).
+    file: PathBuf,
+    /// Write the record of the run as JSON to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write JUnit XML to FILE: one test case per verifier.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 struct InjectArgs {
     /// The target: a cgroup2 directory, absolute or relative to the cgroup2 mount. Its
@@ -335,6 +376,7 @@ pub fn main() -> i32 {
         Command::Run(a) => run::main(a),
         Command::Recover => recover::main(),
         Command::Doctor(a) => doctor::main(a),
+        Command::Experiment(c) => experiment::main(c),
         Command::Stress { work } => Ok(crate::stress::main(&work)),
     };
     match result {

@@ -1,0 +1,467 @@
+//! Experiments: a target, probes sampling it all along, phases of faults, verifiers at the end,
+//! and a record of the whole run.
+
+pub mod probe;
+pub mod record;
+pub mod scenario;
+pub mod verify;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use sha2::Digest as _;
+
+use crate::{
+    cgroup::{self, Cgroup},
+    report::{EndReason, Report},
+    session::{Deadline, Session, TICK},
+    undo::{Entry, UndoLog},
+};
+use scenario::{Scenario, TargetKind, Verifier};
+use verify::Verdict;
+
+/// When a phase began and ended, in milliseconds since the experiment started.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseWindow {
+    pub name: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub has_faults: bool,
+}
+
+/// Why an experiment stopped before its last phase ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct Aborted {
+    pub phase: String,
+    pub reason: String,
+}
+
+/// What the caller watches for: a signal that ends the experiment early.
+pub trait Interrupt {
+    fn interrupted(&mut self) -> bool;
+}
+
+/// Runs a checked scenario to its end; the record says what happened. Nothing of the
+/// experiment's stays behind, whatever path leads out.
+pub fn run(scenario: &Scenario, interrupt: &mut dyn Interrupt) -> Result<record::Record> {
+    let mut undo = UndoLog::new()?;
+    let mut started = Started::default();
+    let result = run_with(scenario, interrupt, &mut undo, &mut started);
+    let stopped = started.stop(&mut undo);
+    undo.undo_where(|_| true)?;
+    let record = result?;
+    stopped?;
+    Ok(record)
+}
+
+/// The processes the experiment started and the cgroup it made, to stop and remove at the end.
+#[derive(Default)]
+struct Started {
+    services: Vec<(String, Child)>,
+    target: Option<Child>,
+    cgroup: Option<(PathBuf, Entry)>,
+}
+
+impl Started {
+    fn stop(&mut self, undo: &mut UndoLog) -> Result<()> {
+        if let Some(child) = &mut self.target {
+            stop_child(child);
+        }
+        if let Some((path, entry)) = &self.cgroup {
+            // What the target command left in its cgroup goes with it.
+            empty_cgroup(path);
+            undo.undo(entry)?;
+        }
+        for (_, child) in &mut self.services {
+            stop_child(child);
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s, to a child of ours, and reaps it.
+fn stop_child(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // SAFETY: kill(2) on the PID of our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _killed = child.kill();
+    let _reaped = child.wait();
+}
+
+/// Kills every process left in a cgroup the experiment made, and waits until it is empty.
+fn empty_cgroup(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let pids = cgroup::processes_below(path);
+        if pids.is_empty() {
+            return;
+        }
+        if std::fs::write(path.join("cgroup.kill"), "1").is_err() {
+            for pid in pids {
+                // SAFETY: kill(2) on a process in the cgroup this experiment made for its
+                // target command; nothing else is put there.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a command outside the target, killed with chaos-user if chaos-user dies.
+fn spawn(argv: &[String], join: Option<&cgroup::JoinOnStart>) -> Result<Child> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let hook = join.map(cgroup::JoinOnStart::hook);
+    // SAFETY: runs between fork and exec and only calls write(2) (in the hook) and prctl(2).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(hook) = &hook {
+                hook()?;
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("start {}", argv[0]))
+}
+
+fn wait_ready(
+    what: &str,
+    child: Option<&mut Child>,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<()> {
+    if probe::wait_ready(addr, timeout) {
+        return Ok(());
+    }
+    let exited = child.and_then(|c| c.try_wait().ok().flatten());
+    match exited {
+        Some(status) => {
+            anyhow::bail!("{what} exited ({status}) before it accepted connections on {addr}")
+        }
+        None => anyhow::bail!(
+            "{what} did not accept connections on {addr} within {}",
+            humantime::format_duration(timeout)
+        ),
+    }
+}
+
+/// SHA-256 of a file, in hex; None when it cannot be read.
+fn checksum(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
+fn run_with(
+    scenario: &Scenario,
+    interrupt: &mut dyn Interrupt,
+    undo: &mut UndoLog,
+    started: &mut Started,
+) -> Result<record::Record> {
+    let started_at = std::time::SystemTime::now();
+    // Checksums of the files an integrity verifier watches, before anything happens.
+    let before: Vec<Vec<(PathBuf, Option<String>)>> = scenario
+        .verifiers
+        .iter()
+        .map(|v| match v {
+            Verifier::Integrity { files, .. } => {
+                files.iter().map(|f| (f.clone(), checksum(f))).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect();
+
+    for service in &scenario.services {
+        let child =
+            spawn(&service.command, None).with_context(|| format!("service `{}`", service.name))?;
+        started.services.push((service.name.clone(), child));
+        if let Some(addr) = service.ready {
+            let child = started.services.last_mut().map(|(_, c)| c);
+            wait_ready(
+                &format!("service `{}`", service.name),
+                child,
+                addr,
+                service.ready_timeout,
+            )?;
+        }
+    }
+
+    let mount = cgroup::mount_point()?;
+    let target = match &scenario.target.kind {
+        TargetKind::Cgroup(name) => {
+            let target = Cgroup::resolve(&mount, name).context("target.cgroup")?;
+            cgroup::check_guardrails(&mount, &target, scenario.target.force)?;
+            target
+        }
+        TargetKind::Command(argv) => {
+            let own = Cgroup::of_process(&mount, "self")?;
+            let path = own.path.join(format!(
+                "{}{}",
+                cgroup::RUN_CGROUP_PREFIX,
+                std::process::id()
+            ));
+            let entry = Entry::Cgroup { path: path.clone() };
+            undo.push(entry.clone())?;
+            cgroup::create(&path)?;
+            started.cgroup = Some((path.clone(), entry));
+            let join = cgroup::JoinOnStart::new(&path, &[])?;
+            started.target = Some(spawn(argv, Some(&join)).context("target.command")?);
+            Cgroup::resolve(&mount, &path.to_string_lossy())?
+        }
+    };
+    if let Some(addr) = scenario.target.ready {
+        wait_ready(
+            "the target",
+            started.target.as_mut(),
+            addr,
+            scenario.target.ready_timeout,
+        )?;
+    }
+
+    let zero = Instant::now();
+    let since = |t: Instant| t.duration_since(zero).as_millis() as u64;
+    let probes = probe::Probes::start(&scenario.probes, zero)?;
+    let mut windows: Vec<PhaseWindow> = Vec::new();
+    let mut sessions: Vec<Option<Report>> = Vec::new();
+    let mut aborted: Option<Aborted> = None;
+    let abort_probe = scenario
+        .abort
+        .as_ref()
+        .and_then(|a| scenario.probes.iter().position(|p| p.name == a.probe));
+
+    for phase in &scenario.phases {
+        let begin = Instant::now();
+        let end = begin + phase.duration;
+        let faults: Vec<_> = phase.faults.iter().map(|(_, f)| f.clone()).collect();
+        let mut session = if faults.is_empty() {
+            None
+        } else {
+            log::info!("phase `{}`: {} fault(s)", phase.name, faults.len());
+            Some(
+                Session::start(
+                    Some(target.clone()),
+                    faults,
+                    Deadline::At(phase.duration),
+                    undo,
+                )
+                .with_context(|| format!("phase `{}`", phase.name))?,
+            )
+        };
+        let mut next_tick = Instant::now() + TICK;
+        let mut reason = EndReason::Duration;
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+            if interrupt.interrupted() {
+                aborted = Some(Aborted {
+                    phase: phase.name.clone(),
+                    reason: "interrupted by a signal".into(),
+                });
+                reason = EndReason::Signal;
+                break;
+            }
+            if !target.exists() {
+                aborted = Some(Aborted {
+                    phase: phase.name.clone(),
+                    reason: format!("the target cgroup {} was removed", target.name),
+                });
+                reason = EndReason::TargetGone;
+                break;
+            }
+            if let (Some(a), Some(i)) = (&scenario.abort, abort_probe) {
+                let now = since(Instant::now());
+                let recent = probes.samples(i);
+                let from = now.saturating_sub(a.window.as_millis() as u64);
+                let stats = verify::Stats::of(verify::between(&recent, from, u64::MAX));
+                // Two samples at least, so that one failure alone never ends a run.
+                if stats.samples >= 2 && 1.0 - stats.success_rate >= a.failure_rate {
+                    aborted = Some(Aborted {
+                        phase: phase.name.clone(),
+                        reason: format!(
+                            "probe `{}` failed {:.0}% of {} samples in the last {} (abort at \
+                             {:.0}%)",
+                            a.probe,
+                            (1.0 - stats.success_rate) * 100.0,
+                            stats.samples,
+                            humantime::format_duration(a.window),
+                            a.failure_rate * 100.0
+                        ),
+                    });
+                    break;
+                }
+            }
+            if let Some(s) = session.as_mut() {
+                if Instant::now() >= next_tick {
+                    next_tick += TICK;
+                    s.tick(undo)?;
+                }
+                if s.next_due().is_some_and(|d| d <= Instant::now()) {
+                    s.due()?;
+                }
+            }
+        }
+        let report = match session.take() {
+            Some(s) => {
+                let record = s.stop(undo)?;
+                Some(Report::new(
+                    "experiment",
+                    Some(target.clone()),
+                    record,
+                    reason,
+                ))
+            }
+            None => None,
+        };
+        windows.push(PhaseWindow {
+            name: phase.name.clone(),
+            start_ms: since(begin),
+            end_ms: since(Instant::now()),
+            has_faults: !phase.faults.is_empty(),
+        });
+        sessions.push(report);
+        if aborted.is_some() {
+            break;
+        }
+    }
+    let samples = probes.stop();
+
+    let mut verdicts: Vec<Verdict> = Vec::new();
+    for (i, verifier) in scenario.verifiers.iter().enumerate() {
+        let samples_of = |name: &str| -> &[probe::Sample] {
+            scenario
+                .probes
+                .iter()
+                .position(|p| p.name == name)
+                .map_or(&[][..], |i| &samples[i][..])
+        };
+        if let Some(v) = verify::judge(verifier, &windows, samples_of) {
+            verdicts.push(v);
+            continue;
+        }
+        match verifier {
+            Verifier::Integrity {
+                command, expect, ..
+            } => verdicts.push(integrity(command.as_deref(), expect.as_deref(), &before[i])),
+            Verifier::NothingLeft => verdicts.push(nothing_left(undo, started)),
+            _ => {}
+        }
+    }
+
+    Ok(record::Record::new(
+        scenario, target, started_at, windows, sessions, samples, verdicts, aborted,
+    ))
+}
+
+/// The integrity verifier: the command exits 0 (with `expect` in its output) and the files'
+/// checksums are those from before the experiment.
+fn integrity(
+    command: Option<&[String]>,
+    expect: Option<&str>,
+    before: &[(PathBuf, Option<String>)],
+) -> Verdict {
+    let mut problems = Vec::new();
+    let mut checked = Vec::new();
+    for (file, sum) in before {
+        let now = checksum(file);
+        checked.push(file.display().to_string());
+        if now != *sum {
+            problems.push(format!("{} changed", file.display()));
+        }
+    }
+    if let Some(argv) = command {
+        checked.push(format!("`{}`", argv.join(" ")));
+        match Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Err(e) => problems.push(format!("cannot run {}: {e}", argv[0])),
+            Ok(out) => {
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                if !out.status.success() {
+                    problems.push(format!("`{}` {}", argv[0], out.status));
+                } else if let Some(want) = expect {
+                    if !stdout.contains(want) {
+                        let got = stdout.lines().next().unwrap_or("").trim().to_string();
+                        problems.push(format!("`{}` printed `{got}`, not `{want}`", argv[0]));
+                    }
+                }
+            }
+        }
+    }
+    Verdict {
+        kind: "integrity",
+        name: format!("data intact: {}", checked.join(", ")),
+        passed: problems.is_empty(),
+        measured: if problems.is_empty() {
+            "intact".into()
+        } else {
+            problems.join("; ")
+        },
+        bound: "the same checksums; the command exits 0".into(),
+    }
+}
+
+/// The nothing-left verifier, after the last session: no BPF object held by this process and
+/// nothing in its undo log but the target command's cgroup.
+fn nothing_left(undo: &UndoLog, started: &Started) -> Verdict {
+    let held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("anon_inode:bpf"))
+        .collect();
+    let ours = started.cgroup.as_ref().map(|(_, e)| e);
+    let entries: Vec<String> = undo
+        .entries()
+        .iter()
+        .filter(|e| Some(*e) != ours)
+        .map(ToString::to_string)
+        .collect();
+    let passed = held.is_empty() && entries.is_empty();
+    Verdict {
+        kind: "nothing-left",
+        name: "nothing of the faults left attached".into(),
+        passed,
+        measured: if passed {
+            "no BPF program, link or map held; nothing to undo".into()
+        } else {
+            format!(
+                "{} BPF object(s) held; to undo: {}",
+                held.len(),
+                if entries.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    entries.join(", ")
+                }
+            )
+        },
+        bound: "nothing".into(),
+    }
+}
