@@ -20,9 +20,15 @@ use crate::util::{self, is_root, output, root};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM: &str = "22";
 const APT_TOOLCHAIN: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf"];
-/// Tools the demo and the tests drive, not needed to build: ping and ip, and the programs the
-/// file faults are tried on.
-const APT_TOOLS: &[&str] = &["iputils-ping", "iproute2", "sqlite3", "python3-minimal"];
+/// Tools the demo and the tests drive, not needed to build: ping and ip, the programs the file
+/// faults are tried on, and the servers of the example experiments.
+const APT_TOOLS: &[&str] = &[
+    "iputils-ping",
+    "iproute2",
+    "sqlite3",
+    "python3",
+    "nginx-light",
+];
 
 enum Route {
     Debian,

@@ -23,12 +23,31 @@ pub(super) fn main(command: ExperimentCommand) -> Result<i32> {
     }
 }
 
-/// The signals that end an experiment early.
-struct Signals(tokio::sync::mpsc::UnboundedReceiver<signals::Received>);
+/// Watches the signals that end an experiment early, and tells the phases as they start.
+struct Observer {
+    signals: tokio::sync::mpsc::UnboundedReceiver<signals::Received>,
+    phases: usize,
+}
 
-impl experiment::Interrupt for Signals {
+impl experiment::Observer for Observer {
     fn interrupted(&mut self) -> bool {
-        self.0.try_recv().is_ok()
+        self.signals.try_recv().is_ok()
+    }
+
+    fn phase_started(&mut self, index: usize, phase: &scenario::Phase) {
+        let faults: Vec<&str> = phase.faults.iter().map(|(w, _)| w.as_str()).collect();
+        note!(
+            "chaos-user: phase {}/{} `{}` for {}: {}",
+            index + 1,
+            self.phases,
+            phase.name,
+            humantime::format_duration(phase.duration),
+            if faults.is_empty() {
+                "no faults".to_string()
+            } else {
+                faults.join(" ")
+            }
+        );
     }
 }
 
@@ -44,14 +63,17 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
     if !faults.is_empty() {
         crate::loader::check_ready()?;
     }
-    let mut signals = Signals(signals::watch()?);
+    let mut observer = Observer {
+        signals: signals::watch()?,
+        phases: scenario.phases.len(),
+    };
     note!(
         "chaos-user: experiment `{}`: {} phase(s), {} probe(s)",
         scenario.name,
         scenario.phases.len(),
         scenario.probes.len()
     );
-    let record = experiment::run(&scenario, &mut signals)?;
+    let record = experiment::run(&scenario, &mut observer)?;
     let to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if to_stdout {
         note!("{}", record.summary().trim_end());
@@ -63,6 +85,9 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
     }
     if let Some(path) = &args.junit {
         record.write_junit(path)?;
+    }
+    if let Some(path) = &args.html {
+        record.write_html(path)?;
     }
     Ok(if record.passed { 0 } else { 1 })
 }

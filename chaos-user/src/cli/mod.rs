@@ -265,7 +265,8 @@ enum ExperimentCommand {
     #[command(after_help = "\
 Examples:
   sudo chaos-user experiment run examples/nginx-backend-refused.toml
-  sudo chaos-user experiment run scenario.toml --json run.json --junit junit.xml
+  sudo chaos-user experiment run scenario.toml --json run.json --junit junit.xml \\
+       --html run.html
 
 Exit status: 0 when every verifier passed, 1 when one failed or the experiment was aborted
 (by its abort condition or a signal), 2 for a bad scenario, 3 when the environment refused.
@@ -292,6 +293,10 @@ struct ExperimentRunArgs {
     /// Write JUnit XML to FILE: one test case per verifier.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Write an HTML page to FILE: the verdicts, each phase's figures, and a timeline of the
+    /// fault windows against the probes' latency and error rate.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -42,19 +42,26 @@ pub struct Aborted {
     pub reason: String,
 }
 
-/// What the caller watches for: a signal that ends the experiment early.
-pub trait Interrupt {
+/// The caller's part in a run: it says when a signal ends the experiment early, and hears
+/// when each phase starts.
+pub trait Observer {
     fn interrupted(&mut self) -> bool;
+    /// Phase `index` (from 0) has its faults on and starts now.
+    fn phase_started(&mut self, index: usize, phase: &scenario::Phase);
 }
 
 /// Runs a checked scenario to its end; the record says what happened. Nothing of the
 /// experiment's stays behind, whatever path leads out.
-pub fn run(scenario: &Scenario, interrupt: &mut dyn Interrupt) -> Result<record::Record> {
+pub fn run(scenario: &Scenario, observer: &mut dyn Observer) -> Result<record::Record> {
     let mut undo = UndoLog::new()?;
     let mut started = Started::default();
-    let result = run_with(scenario, interrupt, &mut undo, &mut started);
+    std::fs::create_dir(&scenario.tmp)
+        .with_context(|| format!("create {}", scenario.tmp.display()))?;
+    let result = run_with(scenario, observer, &mut undo, &mut started);
     let stopped = started.stop(&mut undo);
     undo.undo_where(|_| true)?;
+    std::fs::remove_dir_all(&scenario.tmp)
+        .with_context(|| format!("remove {}", scenario.tmp.display()))?;
     let record = result?;
     stopped?;
     Ok(record)
@@ -179,7 +186,7 @@ fn checksum(path: &Path) -> Option<String> {
 
 fn run_with(
     scenario: &Scenario,
-    interrupt: &mut dyn Interrupt,
+    observer: &mut dyn Observer,
     undo: &mut UndoLog,
     started: &mut Started,
 ) -> Result<record::Record> {
@@ -254,9 +261,7 @@ fn run_with(
         .as_ref()
         .and_then(|a| scenario.probes.iter().position(|p| p.name == a.probe));
 
-    for phase in &scenario.phases {
-        let begin = Instant::now();
-        let end = begin + phase.duration;
+    for (index, phase) in scenario.phases.iter().enumerate() {
         let faults: Vec<_> = phase.faults.iter().map(|(_, f)| f.clone()).collect();
         let mut session = if faults.is_empty() {
             None
@@ -272,11 +277,15 @@ fn run_with(
                 .with_context(|| format!("phase `{}`", phase.name))?,
             )
         };
-        let mut next_tick = Instant::now() + TICK;
+        // The phase starts when its faults are on: loading programs takes a while.
+        observer.phase_started(index, phase);
+        let begin = Instant::now();
+        let end = begin + phase.duration;
+        let mut next_tick = begin + TICK;
         let mut reason = EndReason::Duration;
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
-            if interrupt.interrupted() {
+            if observer.interrupted() {
                 aborted = Some(Aborted {
                     phase: phase.name.clone(),
                     reason: "interrupted by a signal".into(),
@@ -413,6 +422,17 @@ fn integrity(
             }
         }
     }
+    let mut bound = Vec::new();
+    if !before.is_empty() {
+        bound.push("the checksums from before the experiment");
+    }
+    if command.is_some() {
+        bound.push(if expect.is_some() {
+            "the command exits 0 and prints what is expected"
+        } else {
+            "the command exits 0"
+        });
+    }
     Verdict {
         kind: "integrity",
         name: format!("data intact: {}", checked.join(", ")),
@@ -422,7 +442,7 @@ fn integrity(
         } else {
             problems.join("; ")
         },
-        bound: "the same checksums; the command exits 0".into(),
+        bound: bound.join("; "),
     }
 }
 

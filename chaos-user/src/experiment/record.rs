@@ -256,6 +256,209 @@ impl Record {
     }
 }
 
+/// Colours of the probes' lines, in order.
+const COLOURS: [&str; 6] = [
+    "#1f77b4", "#9467bd", "#8c564b", "#17becf", "#bcbd22", "#7f7f7f",
+];
+
+impl Record {
+    /// A page for people: the verdicts, each phase's figures, and a timeline of the fault
+    /// windows against each probe's latency and error rate.
+    pub fn html(&self) -> String {
+        use std::fmt::Write as _;
+        let e = |t: &str| quick_xml::escape::escape(t).into_owned();
+        let mut out = String::new();
+        let _w = write!(
+            out,
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <title>{name}: {result}</title>\n<style>\n\
+             body {{ font-family: sans-serif; margin: 2em; color: #222; }}\n\
+             table {{ border-collapse: collapse; margin: 1em 0; }}\n\
+             td, th {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }}\n\
+             .pass {{ color: #2a7d2a; font-weight: bold; }}\n\
+             .fail {{ color: #c0392b; font-weight: bold; }}\n\
+             </style>\n</head>\n<body>\n<h1>{name}</h1>\n\
+             <p>Cgroup {target}, started {started}, {elapsed:.1} s: \
+             <span class=\"{class}\">{result}</span></p>\n",
+            name = e(&self.name),
+            result = if self.passed { "passed" } else { "FAILED" },
+            target = e(&self.target.name),
+            started = e(&self.started_at),
+            elapsed = self.elapsed_seconds,
+            class = if self.passed { "pass" } else { "fail" },
+        );
+        if let Some(a) = &self.aborted {
+            let _w = writeln!(
+                out,
+                "<p class=\"fail\">Aborted in phase {}: {}</p>",
+                e(&a.phase),
+                e(&a.reason)
+            );
+        }
+        out.push_str(&self.timeline_svg());
+        out.push_str(
+            "\n<h2>Verifiers</h2>\n<table>\n<tr><th></th><th>kind</th><th>what</th>\
+             <th>measured</th><th>bound</th></tr>\n",
+        );
+        for v in &self.verifiers {
+            let _w = writeln!(
+                out,
+                "<tr><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if v.passed { "pass" } else { "fail" },
+                if v.passed { "pass" } else { "FAIL" },
+                e(v.kind),
+                e(&v.name),
+                e(&v.measured),
+                e(&v.bound)
+            );
+        }
+        out.push_str(
+            "</table>\n<h2>Phases</h2>\n<table>\n<tr><th>phase</th><th>faults</th>\
+             <th>probe</th><th>healthy</th><th>samples</th><th>p50 ms</th><th>p99 ms</th></tr>\n",
+        );
+        for (i, phase) in self.phases.iter().enumerate() {
+            for probe in &self.probes {
+                let Some(s) = probe.phases.get(i) else {
+                    continue;
+                };
+                let _w = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{}</td>\
+                     <td>{:.1}</td><td>{:.1}</td></tr>",
+                    e(&phase.window.name),
+                    e(&phase.faults.join(" ")),
+                    e(&probe.name),
+                    s.stats.success_rate * 100.0,
+                    s.stats.samples,
+                    s.stats.latency_p50_ms,
+                    s.stats.latency_p99_ms
+                );
+            }
+        }
+        out.push_str("</table>\n</body>\n</html>\n");
+        out
+    }
+
+    /// The timeline: fault windows shaded, each probe's latency as a line (failed samples as
+    /// red marks), and below it the error rate of all probes per half second.
+    fn timeline_svg(&self) -> String {
+        use std::fmt::Write as _;
+        let e = |t: &str| quick_xml::escape::escape(t).into_owned();
+        let (width, plot, left) = (900.0_f64, 260.0_f64, 60.0_f64);
+        let rate_top = plot + 40.0;
+        let rate_height = 60.0;
+        let height = rate_top + rate_height + 40.0;
+        let end_ms = self.phases.last().map_or(1, |p| p.window.end_ms).max(1) as f64;
+        let max_latency = self
+            .probes
+            .iter()
+            .flat_map(|p| p.samples.iter().map(|s| s.latency_ms))
+            .fold(1.0_f64, f64::max);
+        let x = |ms: f64| left + ms / end_ms * (width - left - 10.0);
+        let y = |lat: f64| 10.0 + plot - (lat / max_latency) * plot;
+        let mut svg = String::new();
+        let _w = writeln!(
+            svg,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"11\">"
+        );
+        for phase in &self.phases {
+            let (x0, x1) = (
+                x(phase.window.start_ms as f64),
+                x(phase.window.end_ms as f64),
+            );
+            if !phase.faults.is_empty() {
+                let _w = writeln!(
+                    svg,
+                    "<rect x=\"{x0:.1}\" y=\"10\" width=\"{:.1}\" height=\"{:.1}\" \
+                     fill=\"#f5b7b1\" opacity=\"0.5\"><title>{}: {}</title></rect>",
+                    (x1 - x0).max(1.0),
+                    rate_top + rate_height - 10.0,
+                    e(&phase.window.name),
+                    e(&phase.faults.join(" "))
+                );
+            }
+            let _w = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                x0 + 3.0,
+                height - 8.0,
+                e(&phase.window.name)
+            );
+        }
+        let _w = writeln!(
+            svg,
+            "<line x1=\"{left}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#444\"/>\
+             <line x1=\"{left}\" y1=\"10\" x2=\"{left}\" y2=\"{b}\" stroke=\"#444\"/>\
+             <text x=\"4\" y=\"16\">{max_latency:.0} ms</text><text x=\"4\" y=\"{b}\">0 ms</text>\
+             <text x=\"4\" y=\"{rt:.1}\">errors</text>",
+            b = 10.0 + plot,
+            r = width - 10.0,
+            rt = rate_top + 12.0,
+        );
+        for (i, probe) in self.probes.iter().enumerate() {
+            let colour = COLOURS[i % COLOURS.len()];
+            let points: Vec<String> = probe
+                .samples
+                .iter()
+                .map(|s| format!("{:.1},{:.1}", x(s.at_ms as f64), y(s.latency_ms)))
+                .collect();
+            let _w = writeln!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.2\" \
+                 points=\"{}\"><title>{} latency</title></polyline>",
+                points.join(" "),
+                e(&probe.name)
+            );
+            for s in probe.samples.iter().filter(|s| !s.ok) {
+                let _w = writeln!(
+                    svg,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"#c0392b\"/>",
+                    x(s.at_ms as f64),
+                    y(s.latency_ms)
+                );
+            }
+            let _w = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\">{}</text>",
+                width - 150.0,
+                24.0 + 14.0 * i as f64,
+                e(&probe.name)
+            );
+        }
+        // Error rate of all probes' samples per 500 ms.
+        let buckets = (end_ms / 500.0).ceil().max(1.0) as usize;
+        let mut counts = vec![(0u32, 0u32); buckets];
+        for s in self.probes.iter().flat_map(|p| &p.samples) {
+            let b = ((s.at_ms as f64 / 500.0) as usize).min(buckets - 1);
+            counts[b].0 += 1;
+            counts[b].1 += u32::from(!s.ok);
+        }
+        for (b, (all, failed)) in counts.iter().enumerate() {
+            if *all == 0 || *failed == 0 {
+                continue;
+            }
+            let rate = f64::from(*failed) / f64::from(*all);
+            let h = rate * rate_height;
+            let _w = writeln!(
+                svg,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" \
+                 fill=\"#c0392b\"><title>{:.0}% failed</title></rect>",
+                x(b as f64 * 500.0),
+                rate_top + rate_height - h,
+                (x(500.0) - x(0.0)).max(1.0),
+                rate * 100.0
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+
+    pub fn write_html(&self, path: &Path) -> Result<()> {
+        write_out(path, self.html().as_bytes())
+    }
+}
+
 /// Writes a report file, or to stdout for `-`.
 fn write_out(path: &Path, bytes: &[u8]) -> Result<()> {
     if path.as_os_str() == "-" {

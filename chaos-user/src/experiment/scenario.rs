@@ -1,5 +1,7 @@
 //! Scenario files: what an experiment runs, read from TOML and checked before anything starts.
-//! Every error names the file, the line and column, and the key.
+//! Every error names the file, the line and column, and the key. In commands, paths and fault
+//! specs, `{dir}` stands for the scenario file's directory and `{tmp}` for a directory of the
+//! run's own.
 
 use std::{
     collections::BTreeMap,
@@ -139,6 +141,9 @@ enum RawVerifier {
 pub struct Scenario {
     pub name: String,
     pub file: PathBuf,
+    /// The run's own directory, `{tmp}` in the file: made when the run starts, removed at its
+    /// end.
+    pub tmp: PathBuf,
     pub target: Target,
     pub services: Vec<Service>,
     pub probes: Vec<Probe>,
@@ -296,7 +301,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let expand = |s: &str| s.replace("{dir}", &dir.to_string_lossy());
+    let tmp = std::env::temp_dir().join(format!("chaos-experiment-{}", std::process::id()));
+    let expand = |s: &str| {
+        s.replace("{dir}", &dir.to_string_lossy())
+            .replace("{tmp}", &tmp.to_string_lossy())
+    };
     let expand_all = |v: &[String]| v.iter().map(|s| expand(s)).collect::<Vec<_>>();
     let addr = |s: &Spanned<String>, key: &str| {
         s.get_ref().parse::<SocketAddr>().map_err(|_| {
@@ -595,6 +604,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     Ok(Scenario {
         name,
         file: file.to_path_buf(),
+        tmp: tmp.clone(),
         target,
         services,
         probes,
