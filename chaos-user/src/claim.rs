@@ -33,7 +33,7 @@ impl Classify for Taken {
 
     fn hint(&self) -> Option<String> {
         Some(format!(
-            "two sessions cannot both answer one target's `{}`: give all of it to one session, \
+            "one target takes `{}` from one session at a time: give all of it to one session, \
              or stop the other first",
             self.what
         ))

@@ -146,6 +146,33 @@ impl Plan {
                 )));
             }
         }
+        for (what, n) in [
+            (
+                "cpu-throttle",
+                faults
+                    .iter()
+                    .filter(|f| matches!(f, FaultSpec::CpuThrottle(_)))
+                    .count(),
+            ),
+            (
+                "memory-pressure:limit=",
+                faults
+                    .iter()
+                    .filter(|f| {
+                        matches!(
+                            f,
+                            FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(_))
+                        )
+                    })
+                    .count(),
+            ),
+        ] {
+            if n > 1 {
+                return Err(spec::SpecError::Conflict(format!(
+                    "{n} {what} faults given; a cgroup has one limit of each kind, so give one"
+                )));
+            }
+        }
         if plan.call_paths.len() > MAX_PATHS as usize {
             return Err(spec::SpecError::Conflict(format!(
                 "{} different path= prefixes given; a session holds at most {MAX_PATHS}",

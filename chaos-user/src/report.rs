@@ -186,7 +186,7 @@ impl Report {
                     c.matched,
                     c.injected,
                     c.passed,
-                    ratio(*c, acted),
+                    ratio(&f.fault, *c, acted),
                 );
                 if let FaultSpec::CorruptFile(c) = &f.fault {
                     s += &format!(
@@ -244,8 +244,29 @@ fn verb(fault: &FaultSpec) -> &'static str {
     }
 }
 
-/// The share lost among the packets a live rule decided on.
-fn ratio(c: Counters, acted: &str) -> String {
+/// The share lost among the packets a live rule decided on; for limits and stressors, what was
+/// used or held against what the fault allows or asks for.
+fn ratio(fault: &FaultSpec, c: Counters, acted: &str) -> String {
+    let of = match fault {
+        FaultSpec::CpuThrottle(_) => Some("of what the quota allows"),
+        FaultSpec::MemoryPressure(crate::spec::MemoryPressureSpec::Limit(_)) => {
+            Some("of the limit")
+        }
+        FaultSpec::CpuHog(_) | FaultSpec::MemoryPressure(_) | FaultSpec::MemoryLeak(_) => {
+            Some("of what was asked")
+        }
+        _ => None,
+    };
+    if let Some(of) = of {
+        return if c.matched == 0 {
+            String::new()
+        } else {
+            format!(
+                "  ({:.1}% {of})",
+                100.0 * c.injected as f64 / c.matched as f64
+            )
+        };
+    }
     let decided = c.injected + c.passed;
     if decided == 0 {
         String::new()

@@ -184,6 +184,20 @@ impl Session {
                 pauses.push(pause);
             }
         }
+        // Two sessions limiting one target would each put back the other's limit at its end
+        // (and on a hybrid layout pull its processes to and fro).
+        if let Some(t) = &target {
+            for f in &faults {
+                let what = match f {
+                    FaultSpec::CpuThrottle(_) => "cpu-throttle",
+                    FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(_)) => {
+                        "memory-pressure:limit="
+                    }
+                    _ => continue,
+                };
+                claims.push(claim::claim(what, t.id, &t.name, &t.related())?);
+            }
+        }
         if let (false, Some(t)) = (pauses.is_empty(), &target) {
             // Freezing its own cgroup would stop the injector, and nothing would thaw it.
             let mount = crate::cgroup::mount_point()?;
@@ -282,9 +296,15 @@ impl Session {
     /// Makes the files of `disk-fill`, each in the undo log before it exists, and does the
     /// damage of `corrupt-file`, each original saved first.
     fn fill(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
-        // Damage last: nothing may fail after it, since it stays whatever happens.
+        // Limits first, so that stressors join the groups a limit makes; damage last: nothing
+        // may fail after it, since it stays whatever happens.
         let mut order: Vec<usize> = (0..self.faults.len()).collect();
-        order.sort_by_key(|i| matches!(self.faults[*i], FaultSpec::CorruptFile(_)));
+        order.sort_by_key(|i| match self.faults[*i] {
+            FaultSpec::CpuThrottle(_)
+            | FaultSpec::MemoryPressure(spec::MemoryPressureSpec::Limit(_)) => 0,
+            FaultSpec::CorruptFile(_) => 2,
+            _ => 1,
+        });
         for i in order {
             let fault = &mut self.faults[i];
             let stress = match fault {
@@ -335,8 +355,22 @@ impl Session {
                         file: file.clone(),
                         previous: previous.clone(),
                     })?;
-                    std::fs::write(file, value)
-                        .with_context(|| format!("write {value} to {}", file.display()))?;
+                    std::fs::write(file, value).with_context(|| {
+                        let name = file.file_name().unwrap_or_default();
+                        let parent = file.parent().and_then(|g| g.parent());
+                        let above = parent
+                            .and_then(|p| std::fs::read_to_string(p.join(name)).ok())
+                            .map(|v| v.trim().to_string());
+                        match (parent, above) {
+                            (Some(p), Some(v)) if name == "cpu.cfs_quota_us" => format!(
+                                "write {value} to {} (the group above, {}, allows {v} µs per \
+                                 period: a v1 quota may not exceed its parent's)",
+                                file.display(),
+                                p.display()
+                            ),
+                            _ => format!("write {value} to {}", file.display()),
+                        }
+                    })?;
                     log::info!("{kind}: {} was {previous}, now {value}", file.display());
                 }
                 let (file, _) = files.last().expect("a limit has a file");
@@ -458,15 +492,22 @@ impl Session {
         if let Some(g) = self.v1.iter().find(|g| g.controller == controller) {
             return Ok(g.path.clone());
         }
-        let origins: Vec<(i32, std::path::PathBuf)> = crate::cgroup::processes_below(&target.path)
-            .into_iter()
-            .filter_map(|pid| Some((pid, v1::group_of(&mount, controller, pid)?)))
-            .collect();
+        let origins = target_origins(target, &mount, controller, None);
         let parent = if origins.is_empty() {
             let own = v1::group_of(&mount, controller, std::process::id() as i32);
             own.unwrap_or_else(|| mount.clone())
         } else {
-            let groups: Vec<_> = origins.iter().map(|(_, g)| g.clone()).collect();
+            let mut groups: Vec<_> = origins.iter().map(|(_, g)| g.clone()).collect();
+            groups.sort();
+            groups.dedup();
+            if groups.len() > 1 {
+                log::warn!(
+                    "the target's processes are in {} {controller} v1 groups; the session's group \
+                     is below the deepest that holds them all, so the limits of their own groups \
+                     do not hold them while the fault lasts",
+                    groups.len()
+                );
+            }
             v1::common_ancestor(&mount, &groups)
         };
         let path = parent.join(format!("{}{}", v1::GROUP_PREFIX, std::process::id()));
@@ -483,7 +524,7 @@ impl Session {
             entry,
         });
         for (pid, _) in &origins {
-            move_in(&path, *pid)?;
+            move_in(&path, *pid, controller)?;
         }
         log::info!(
             "the target's {} processes moved into v1 group {}",
@@ -494,35 +535,30 @@ impl Session {
     }
 
     /// Moves processes that came into the target since the last tick into the session's v1
-    /// groups, each origin in the undo log before the move.
+    /// groups, and records where the processes forked inside those groups go back to; each
+    /// origin in the undo log before the move. A process that cannot be moved is left where it
+    /// is, with a warning.
     fn keep_v1_groups(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
         let Some(target) = &self.target else {
             return Ok(());
         };
-        if self.v1.is_empty() {
-            return Ok(());
-        }
-        let pids = crate::cgroup::processes_below(&target.path);
         for g in &mut self.v1 {
-            let came: Vec<(i32, std::path::PathBuf)> = pids
-                .iter()
-                .filter_map(|&pid| {
-                    Some((
-                        pid,
-                        crate::cgroup::v1::group_of(&g.mount, g.controller, pid)?,
-                    ))
-                })
-                .filter(|(_, origin)| origin != &g.path)
-                .collect();
-            if came.is_empty() {
-                continue;
-            }
             let Entry::Moved { group, origins } = &g.entry else {
                 continue;
             };
+            let came = target_origins(target, &g.mount, g.controller, Some(&g.path));
+            let forked: Vec<(i32, std::path::PathBuf)> = crate::cgroup::v1::procs(&g.path)
+                .into_iter()
+                .filter(|pid| !origins.iter().any(|(p, _)| p == pid))
+                .filter_map(|pid| Some((pid, crate::cgroup::v1::origin_of(pid, origins)?)))
+                .collect();
+            if came.is_empty() && forked.is_empty() {
+                continue;
+            }
             let mut origins = origins.clone();
             origins.retain(|(pid, _)| !came.iter().any(|(p, _)| p == pid));
             origins.extend(came.iter().cloned());
+            origins.extend(forked);
             let entry = Entry::Moved {
                 group: group.clone(),
                 origins,
@@ -530,7 +566,9 @@ impl Session {
             undo.replace(&g.entry, entry.clone())?;
             g.entry = entry;
             for (pid, _) in &came {
-                move_in(&g.path, *pid)?;
+                if let Err(e) = move_in(&g.path, *pid, g.controller) {
+                    log::warn!("{e:#}; it is left where it is");
+                }
             }
         }
         Ok(())
@@ -1090,9 +1128,33 @@ pub fn monotonic_now() -> Duration {
 }
 
 /// Moves process `pid` into the v1 group at `group`.
-fn move_in(group: &std::path::Path, pid: i32) -> anyhow::Result<()> {
-    crate::cgroup::v1::move_to(group, pid)
-        .with_context(|| format!("move process {pid} into {}", group.display()))
+fn move_in(group: &std::path::Path, pid: i32, controller: &str) -> anyhow::Result<()> {
+    crate::cgroup::v1::move_to(group, pid).with_context(|| {
+        let why = if controller == "cpu" {
+            " (a real-time process, SCHED_FIFO or SCHED_RR, cannot join a v1 cpu group that \
+             has no real-time runtime)"
+        } else {
+            ""
+        };
+        format!("move process {pid} into {}{why}", group.display())
+    })
+}
+
+/// The target's processes and the v1 group each is in, leaving out chaos-user's own children
+/// (its stressors) and those already in `except`.
+fn target_origins(
+    target: &Cgroup,
+    mount: &std::path::Path,
+    controller: &str,
+    except: Option<&std::path::Path>,
+) -> Vec<(i32, std::path::PathBuf)> {
+    let own = std::process::id() as i32;
+    crate::cgroup::processes_below(&target.path)
+        .into_iter()
+        .filter(|&pid| crate::cgroup::v1::parent_pid(pid) != Some(own))
+        .filter_map(|pid| Some((pid, crate::cgroup::v1::group_of(mount, controller, pid)?)))
+        .filter(|(_, group)| Some(group.as_path()) != except)
+        .collect()
 }
 
 /// The CPU time a cgroup's processes used so far, in microseconds (`cpu.stat`, which every

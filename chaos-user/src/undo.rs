@@ -161,7 +161,7 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
     match entry {
         Entry::Cgroup { path } => {
             // Only what `run` makes: a log that names anything else is not to be trusted.
-            let ours = crate::cgroup::is_below_a_mount(path)
+            let ours = crate::cgroup::is_below_cgroup2(path)
                 && path.file_name().is_some_and(|n| {
                     n.to_string_lossy()
                         .starts_with(crate::cgroup::RUN_CGROUP_PREFIX)
@@ -183,11 +183,7 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             remove_group(path)
         }
         Entry::Moved { group, origins } => {
-            let ours = crate::cgroup::is_below_a_mount(group)
-                && group.file_name().is_some_and(|n| {
-                    n.to_string_lossy()
-                        .starts_with(crate::cgroup::v1::GROUP_PREFIX)
-                });
+            let ours = crate::cgroup::v1::is_our_group(group);
             if !ours {
                 return Ok(damaged(group, "a v1 group that chaos-user makes"));
             }
@@ -196,12 +192,12 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             }
             let home = group.parent().unwrap_or(group);
             for pid in crate::cgroup::v1::procs(group) {
-                // Back where it came from, or where the group is, if that is gone.
-                let back = origins
-                    .iter()
-                    .find(|(p, _)| *p == pid)
-                    .map(|(_, origin)| origin.as_path())
-                    .filter(|o| o.starts_with(home) && crate::cgroup::is_below_a_mount(o))
+                // Back where it (or the process it was forked from) came from, or where the
+                // group is, when that is gone.
+                let origin = crate::cgroup::v1::origin_of(pid, origins);
+                let back = origin
+                    .as_deref()
+                    .filter(|o| o == &home || crate::cgroup::is_below(o, home))
                     .filter(|o| o.join("cgroup.procs").exists())
                     .unwrap_or(home);
                 crate::cgroup::v1::move_to(back, pid)
@@ -210,8 +206,7 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             remove_group(group)
         }
         Entry::Frozen { cgroup } => {
-            let mount = crate::cgroup::mount_point()?;
-            if !cgroup.starts_with(&mount) || !crate::cgroup::is_below_a_mount(cgroup) {
+            if !crate::cgroup::is_below_cgroup2(cgroup) {
                 return Ok(damaged(cgroup, "a cgroup below the cgroup2 mount"));
             }
             if !cgroup.exists() {
@@ -222,12 +217,14 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             Ok(Outcome::Undone)
         }
         Entry::Limit { file, previous } => {
-            let ours = crate::cgroup::is_below_a_mount(file)
-                && file.file_name().is_some_and(|n| {
-                    n == "cpu.max"
-                        || n == "memory.max"
-                        || crate::cgroup::v1::LIMIT_FILES.iter().any(|f| n == *f)
-                });
+            // cgroup2 limits of any cgroup; v1 limits only of the groups chaos-user makes.
+            let name = file.file_name().unwrap_or_default();
+            let ours = if name == "cpu.max" || name == "memory.max" {
+                crate::cgroup::is_below_cgroup2(file)
+            } else {
+                crate::cgroup::v1::LIMIT_FILES.iter().any(|f| name == *f)
+                    && file.parent().is_some_and(crate::cgroup::v1::is_our_group)
+            };
             if !ours {
                 return Ok(damaged(file, "a limit that chaos-user lowers"));
             }
@@ -517,7 +514,21 @@ mod tests {
                 file: dir.join("memory.max"),
             },
         ];
-        for entry in &entries {
+        // Names of the right shape at the wrong place: a v1 limit file outside the groups
+        // chaos-user makes, and a group of its name that is not in a v1 hierarchy.
+        let mount = crate::cgroup::mount_point().unwrap_or_else(|_| "/sys/fs/cgroup".into());
+        let v1 = crate::cgroup::v1::hierarchy("cpu").unwrap_or_else(|| "/sys/fs/cgroup/cpu".into());
+        let entries = entries.into_iter().chain([
+            Entry::Limit {
+                file: v1.join("some-service/cpu.cfs_quota_us"),
+                previous: "1000".into(),
+            },
+            Entry::Moved {
+                group: mount.join("some-service/chaos-user-limit-1"),
+                origins: Vec::new(),
+            },
+        ]);
+        for entry in &entries.collect::<Vec<_>>() {
             let outcome = undo(entry).unwrap();
             assert!(
                 matches!(&outcome, Outcome::Kept(why) if why.contains("damaged")),

@@ -89,6 +89,19 @@ fn bad_specs_and_arguments() {
     assert_refused(
         chaos_user().args([
             "inject",
+            "--cgroup",
+            &target.name,
+            "--fault",
+            "cpu-throttle:quota=20%",
+            "--fault",
+            "cpu-throttle:quota=30%",
+        ]),
+        2,
+        "a cgroup has one limit of each kind",
+    );
+    assert_refused(
+        chaos_user().args([
+            "inject",
             "--fault",
             "xdp-drop:dev=lo,p=1",
             "--fault",

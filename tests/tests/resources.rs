@@ -776,6 +776,112 @@ fn cpu_throttle_on_a_hybrid_layout_moves_the_target_into_a_v1_group_and_back() {
     }
 }
 
+/// A v1 group of the test's own, removed at the end.
+struct V1Group(PathBuf);
+
+impl V1Group {
+    fn new(mount: &Path, label: &str) -> V1Group {
+        let path = mount.join(format!("chaos-test-{label}-{}", std::process::id()));
+        std::fs::create_dir(&path).expect("create a v1 group");
+        V1Group(path)
+    }
+
+    fn name(&self, mount: &Path) -> String {
+        format!("/{}", self.0.strip_prefix(mount).expect("below").display())
+    }
+
+    fn put(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join a v1 group");
+    }
+}
+
+impl Drop for V1Group {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn hybrid_processes_from_several_groups_and_their_children_go_back_where_they_were() {
+    if !root_or_skip() {
+        return;
+    }
+    let Some(mount) = v1_or_skip("cpu") else {
+        return;
+    };
+    let target = TestCgroup::new("hybrid-spread");
+    let (a, b) = (V1Group::new(&mount, "a"), V1Group::new(&mount, "b"));
+    let start = |script: &str| {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", script]);
+        target.put(&mut cmd);
+        cmd.spawn().expect("start a process")
+    };
+    let mut p = start("exec sleep 60");
+    // q forks a child 1.5 s in, once it is in the session's group.
+    let mut q = start("sleep 1.5; sleep 60 & wait");
+    a.put(p.id());
+    b.put(q.id());
+    let injector = Injector::start(&[
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "cpu-throttle:quota=50%",
+    ]);
+    let during = v1_group_name(p.id(), "cpu");
+    assert!(during.contains(v1::GROUP_PREFIX), "{during}");
+    assert_eq!(v1_group_name(q.id(), "cpu"), during);
+    // A second session may not limit the same target.
+    let (status, _, stderr) = run(chaos_user().args([
+        "inject",
+        "--cgroup",
+        &target.name,
+        "--fault",
+        "cpu-throttle:quota=10%",
+        "--duration",
+        "1s",
+    ]));
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("another chaos-user session already runs `cpu-throttle`"),
+        "{stderr}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let child: Vec<u32> = chaos_user::cgroup::processes_below(&target.path)
+        .into_iter()
+        .map(|pid| pid as u32)
+        .filter(|pid| ![p.id(), q.id()].contains(pid))
+        .collect();
+    assert_eq!(child.len(), 1, "q's child: {child:?}");
+    assert_eq!(
+        v1_group_name(child[0], "cpu"),
+        during,
+        "forked in the group"
+    );
+    let (status, lines) = injector.interrupt();
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(v1_group_name(p.id(), "cpu"), a.name(&mount));
+    assert_eq!(v1_group_name(q.id(), "cpu"), b.name(&mount));
+    assert_eq!(
+        v1_group_name(child[0], "cpu"),
+        b.name(&mount),
+        "the child goes back with its parent"
+    );
+    assert_eq!(v1_groups_left(&mount), Vec::<PathBuf>::new());
+    // SAFETY: kill(2) on the child of q, a process this test started.
+    unsafe { libc::kill(child[0] as i32, libc::SIGKILL) };
+    for proc in [&mut p, &mut q] {
+        proc.kill().expect("stop it");
+        proc.wait().expect("reap it");
+    }
+}
+
 #[test]
 fn memory_limit_on_a_hybrid_layout_kills_the_command_of_run() {
     if !root_or_skip() {

@@ -312,14 +312,18 @@ pub fn create(path: &Path) -> Result<(), CgroupError> {
     fs::create_dir(path).map_err(io_err("create cgroup", path))
 }
 
-/// Whether `path` is below a cgroup mount (cgroup2 or a v1 hierarchy), with no `..` in it:
-/// what the undo log may name.
-pub fn is_below_a_mount(path: &Path) -> bool {
-    let below = |mount: &Path| path.starts_with(mount) && path != mount;
-    !path
-        .components()
-        .any(|c| c == std::path::Component::ParentDir)
-        && (mount_point().is_ok_and(|m| below(&m)) || v1::mounts().iter().any(|m| below(m)))
+/// Whether `path` lies strictly below `mount`, with no `..` in it.
+pub fn is_below(path: &Path, mount: &Path) -> bool {
+    path.starts_with(mount)
+        && path != mount
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+}
+
+/// Whether `path` lies below the cgroup2 mount: what the undo log may name of cgroup2.
+pub fn is_below_cgroup2(path: &Path) -> bool {
+    mount_point().is_ok_and(|m| is_below(path, &m))
 }
 
 /// Removes an empty cgroup directory; a cgroup that no longer exists counts as removed.

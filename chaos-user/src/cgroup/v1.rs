@@ -76,6 +76,41 @@ fn group_in(text: &str, controller: &str) -> Option<String> {
     })
 }
 
+/// Whether `path` is a group chaos-user makes: named so, below a v1 hierarchy's mount.
+pub fn is_our_group(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(GROUP_PREFIX))
+        && mounts().iter().any(|m| super::is_below(path, m))
+}
+
+/// Where process `pid` came from, by `origins`: its own entry, else that of the nearest
+/// ancestor process with one (a child forked inside the session's group goes back with its
+/// parent).
+pub fn origin_of(pid: i32, origins: &[(i32, PathBuf)]) -> Option<PathBuf> {
+    let mut p = pid;
+    for _ in 0..32 {
+        if let Some((_, origin)) = origins.iter().find(|(o, _)| *o == p) {
+            return Some(origin.clone());
+        }
+        p = parent_pid(p)?;
+        if p <= 1 {
+            return None;
+        }
+    }
+    None
+}
+
+/// The parent of process `pid` (`PPid` in /proc/PID/status).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The processes in a v1 group (not those of the groups below it).
 pub fn procs(group: &Path) -> Vec<i32> {
     fs::read_to_string(group.join("cgroup.procs"))

@@ -179,10 +179,17 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
             FaultSpec::CpuHog(CpuHogSpec { workers, load })
         }
         "cpu-throttle" => {
-            let quota = keys.required("quota", "cpu-throttle:quota=20%")?;
-            FaultSpec::CpuThrottle(CpuThrottleSpec {
-                quota: parse_percent("quota", quota)?,
-            })
+            let text = keys.required("quota", "cpu-throttle:quota=20%")?;
+            let quota = parse_percent("quota", text)?;
+            // The kernel's smallest quota is 1 ms of its 100 ms period.
+            if quota < 1.0 {
+                return Err(bad(
+                    "quota",
+                    text,
+                    "expected at least 1%: the smallest quota is 1 ms per 100 ms period",
+                ));
+            }
+            FaultSpec::CpuThrottle(CpuThrottleSpec { quota })
         }
         "memory-pressure" => {
             let size = keys.take("size").map(|v| parse_nonzero_size("size", v));

@@ -261,6 +261,7 @@ fn bad_input_is_named() {
         ("io-stress:path=/x,workers=0", "bad value `0` for `workers`"),
         ("io-stress:path=/x,bytes=0", "bad value `0` for `bytes`"),
         ("cpu-throttle:quota=0.2", "bad value `0.2` for `quota`"),
+        ("cpu-throttle:quota=0.5%", "expected at least 1%"),
         ("memory-pressure:size=0", "bad value `0` for `size`"),
         (
             "memory-leak:rate=10MiB,max=1GiB",
