@@ -798,12 +798,9 @@ impl Session {
         out
     }
 
-    /// Makes the rules inert, reads the counters, then detaches everything.
-    pub fn stop(mut self, undo: &mut UndoLog) -> anyhow::Result<SessionRecord> {
-        self.programs.disable()?;
-        let ended = SystemTime::now();
-        // A program run that read the target record before it changed may still be counting.
-        std::thread::sleep(Duration::from_millis(5));
+    /// What each fault counted so far: the session's counters as they stand, read without
+    /// stopping anything (the record of `stop` reads them once more, after the rules are off).
+    pub fn fault_reports(&self) -> anyhow::Result<Vec<FaultReport>> {
         // Every namespace's responder answers for the same rules: their counts add up.
         let dns_counters: Option<Vec<dns::RuleCounters>> = self.responder.as_ref().map(|main| {
             let mut sum = main.counters().rules;
@@ -1035,6 +1032,16 @@ impl Session {
                 counters,
             });
         }
+        Ok(faults)
+    }
+
+    /// Makes the rules inert, reads the counters, then detaches everything.
+    pub fn stop(mut self, undo: &mut UndoLog) -> anyhow::Result<SessionRecord> {
+        self.programs.disable()?;
+        let ended = SystemTime::now();
+        // A program run that read the target record before it changed may still be counting.
+        std::thread::sleep(Duration::from_millis(5));
+        let faults = self.fault_reports()?;
         let record = SessionRecord {
             started: self.started,
             ended,

@@ -70,6 +70,22 @@ fn xml_elements(text: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The body of an HTTP GET on loopback.
+fn scrape(url: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .get(url)
+        .call()
+        .expect("scrape")
+        .body_mut()
+        .read_to_string()
+        .expect("the body")
+}
+
 fn nothing_of_the_experiment_left(port: u16) {
     assert_eq!(run_cgroups(), Vec::<String>::new(), "no run cgroup left");
     assert_eq!(undo_logs(), Vec::<String>::new(), "no undo log left");
@@ -110,7 +126,8 @@ fn nginx_keeps_its_health_and_fails_fast_while_its_backend_refuses() {
         out.0.join("run.html"),
     );
     let scenario = example("nginx-backend-refused");
-    let (status, stdout, stderr) = run(chaos_user().args([
+    let mut cmd = chaos_user();
+    cmd.args([
         "experiment".as_ref(),
         "run".as_ref(),
         scenario.as_os_str(),
@@ -120,9 +137,44 @@ fn nginx_keeps_its_health_and_fails_fast_while_its_backend_refuses() {
         junit.as_os_str(),
         "--html".as_ref(),
         html.as_os_str(),
-    ]));
-    println!("{stdout}\n{stderr}");
-    assert_eq!(status.code(), Some(0), "{stdout} {stderr}");
+        "--metrics-listen".as_ref(),
+        "127.0.0.1:19464".as_ref(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut experiment = Injector::start_cmd(cmd, "phase 2/3 `backend refuses`");
+    std::thread::sleep(Duration::from_millis(1500));
+    let scraped = scrape("http://127.0.0.1:19464/metrics");
+    let (status, lines) = experiment.wait();
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+
+    // The scrape in the middle of the outage: valid OpenMetrics, and live figures.
+    assert!(scraped.trim_end().ends_with("# EOF"), "{scraped}");
+    for line in scraped.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().expect("a value");
+        assert!(value.parse::<f64>().is_ok(), "not a sample line: {line}");
+    }
+    let value = |prefix: &str| -> f64 {
+        scraped
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {scraped}"))
+    };
+    assert_eq!(
+        value("chaos_experiment_phase{phase=\"backend refuses\"}"),
+        1.0
+    );
+    assert!(value("chaos_fault_injected{phase=\"backend refuses\"") >= 5.0);
+    assert!(
+        value(
+            "chaos_probe_samples_total{probe=\"page\",phase=\"backend refuses\",result=\"failed\"}"
+        ) >= 5.0
+    );
+    assert!(
+        value("chaos_target_processes") >= 2.0,
+        "nginx's master and worker"
+    );
 
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the record")).expect("JSON");
@@ -163,6 +215,19 @@ fn nginx_keeps_its_health_and_fails_fast_while_its_backend_refuses() {
             .iter()
             .all(|s| s["error"].as_str().unwrap_or("").contains("502")),
         "nginx answered 502 Bad Gateway: {failed:?}"
+    );
+    // The monitor sampled the system and the target all along.
+    let monitor = record["monitor"].as_array().expect("monitor");
+    assert!(monitor.len() >= 5, "{} samples", monitor.len());
+    assert!(
+        monitor
+            .iter()
+            .all(|m| m["target"]["processes"].as_u64() >= Some(2))
+    );
+    assert!(
+        monitor
+            .iter()
+            .all(|m| m["system"]["memory_total_bytes"].as_u64() > Some(0))
     );
     let verifiers = record["verifiers"].as_array().expect("verifiers");
     assert_eq!(verifiers.len(), 6);

@@ -23,10 +23,27 @@ pub(super) fn main(command: ExperimentCommand) -> Result<i32> {
     }
 }
 
-/// Watches the signals that end an experiment early, and tells the phases as they start.
+/// Watches the signals that end an experiment early, tells the phases as they start, and
+/// keeps a progress line on a terminal.
 struct Observer {
     signals: tokio::sync::mpsc::UnboundedReceiver<signals::Received>,
     phases: usize,
+    /// Whether stderr is a terminal, and whether a progress line is on it now.
+    terminal: bool,
+    shown: bool,
+}
+
+impl Observer {
+    /// Takes the progress line off the terminal, before other output.
+    fn clear(&mut self) {
+        if self.shown {
+            use std::io::Write as _;
+            let mut err = std::io::stderr().lock();
+            let _w = write!(err, "\r\x1b[K");
+            let _f = err.flush();
+            self.shown = false;
+        }
+    }
 }
 
 impl experiment::Observer for Observer {
@@ -35,6 +52,7 @@ impl experiment::Observer for Observer {
     }
 
     fn phase_started(&mut self, index: usize, phase: &scenario::Phase) {
+        self.clear();
         let faults: Vec<&str> = phase.faults.iter().map(|(w, _)| w.as_str()).collect();
         note!(
             "chaos-user: phase {}/{} `{}` for {}: {}",
@@ -48,6 +66,19 @@ impl experiment::Observer for Observer {
                 faults.join(" ")
             }
         );
+    }
+
+    fn progress(&mut self, line: &str) {
+        if !self.terminal {
+            return;
+        }
+        use std::io::Write as _;
+        let mut err = std::io::stderr().lock();
+        // One line, cut to the terminal's usual width, rewritten in place.
+        let line: String = line.chars().take(118).collect();
+        let _w = write!(err, "\r\x1b[K  {line}");
+        let _f = err.flush();
+        self.shown = true;
     }
 }
 
@@ -63,9 +94,21 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
     if !faults.is_empty() {
         crate::loader::check_ready()?;
     }
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let metrics = experiment::metrics::Metrics::new();
+            let server = experiment::metrics::Server::start(addr, metrics.clone())?;
+            note!("chaos-user: metrics on http://{}/metrics", server.addr);
+            Some((metrics, server))
+        }
+        None => None,
+    };
+    use std::io::IsTerminal as _;
     let mut observer = Observer {
         signals: signals::watch()?,
         phases: scenario.phases.len(),
+        terminal: std::io::stderr().is_terminal(),
+        shown: false,
     };
     note!(
         "chaos-user: experiment `{}`: {} phase(s), {} probe(s)",
@@ -73,7 +116,9 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
         scenario.phases.len(),
         scenario.probes.len()
     );
-    let record = experiment::run(&scenario, &mut observer)?;
+    let record = experiment::run(&scenario, &mut observer, metrics.as_ref().map(|(m, _)| m));
+    observer.clear();
+    let record = record?;
     let to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
     if to_stdout {
         note!("{}", record.summary().trim_end());

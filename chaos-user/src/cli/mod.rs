@@ -297,6 +297,10 @@ struct ExperimentRunArgs {
     /// fault windows against the probes' latency and error rate.
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
+    /// Serve the run's metrics (probes, system, target cgroup, fault counters) for Prometheus
+    /// at http://ADDR/metrics while it lasts, for example 127.0.0.1:9464 (port 0: any free).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

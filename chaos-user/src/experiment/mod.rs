@@ -1,6 +1,8 @@
 //! Experiments: a target, probes sampling it all along, phases of faults, verifiers at the end,
 //! and a record of the whole run.
 
+pub mod metrics;
+pub mod monitor;
 pub mod probe;
 pub mod record;
 pub mod scenario;
@@ -48,16 +50,22 @@ pub trait Observer {
     fn interrupted(&mut self) -> bool;
     /// Phase `index` (from 0) has its faults on and starts now.
     fn phase_started(&mut self, index: usize, phase: &scenario::Phase);
+    /// How the run stands, every half second: the phase, the time left, live counters.
+    fn progress(&mut self, line: &str);
 }
 
 /// Runs a checked scenario to its end; the record says what happened. Nothing of the
 /// experiment's stays behind, whatever path leads out.
-pub fn run(scenario: &Scenario, observer: &mut dyn Observer) -> Result<record::Record> {
+pub fn run(
+    scenario: &Scenario,
+    observer: &mut dyn Observer,
+    metrics: Option<&metrics::Metrics>,
+) -> Result<record::Record> {
     let mut undo = UndoLog::new()?;
     let mut started = Started::default();
     std::fs::create_dir(&scenario.tmp)
         .with_context(|| format!("create {}", scenario.tmp.display()))?;
-    let result = run_with(scenario, observer, &mut undo, &mut started);
+    let result = run_with(scenario, observer, metrics, &mut undo, &mut started);
     let stopped = started.stop(&mut undo);
     undo.undo_where(|_| true)?;
     std::fs::remove_dir_all(&scenario.tmp)
@@ -187,6 +195,7 @@ fn checksum(path: &Path) -> Option<String> {
 fn run_with(
     scenario: &Scenario,
     observer: &mut dyn Observer,
+    metrics: Option<&metrics::Metrics>,
     undo: &mut UndoLog,
     started: &mut Started,
 ) -> Result<record::Record> {
@@ -252,7 +261,14 @@ fn run_with(
 
     let zero = Instant::now();
     let since = |t: Instant| t.duration_since(zero).as_millis() as u64;
-    let probes = probe::Probes::start(&scenario.probes, zero)?;
+    let current = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let probes = probe::Probes::start(&scenario.probes, zero, metrics.cloned(), current.clone())?;
+    let monitor = monitor::Monitor::start(
+        target.clone(),
+        zero,
+        scenario.monitor_interval,
+        metrics.cloned(),
+    )?;
     let mut windows: Vec<PhaseWindow> = Vec::new();
     let mut sessions: Vec<Option<Report>> = Vec::new();
     let mut aborted: Option<Aborted> = None;
@@ -279,6 +295,16 @@ fn run_with(
         };
         // The phase starts when its faults are on: loading programs takes a while.
         observer.phase_started(index, phase);
+        if let Some(m) = metrics {
+            let previous = index
+                .checked_sub(1)
+                .map(|i| scenario.phases[i].name.as_str());
+            m.phase(previous, &phase.name);
+        }
+        if let Ok(mut c) = current.lock() {
+            c.clone_from(&phase.name);
+        }
+        let mut next_progress = Instant::now();
         let begin = Instant::now();
         let end = begin + phase.duration;
         let mut next_tick = begin + TICK;
@@ -323,6 +349,23 @@ fn run_with(
                     break;
                 }
             }
+            if Instant::now() >= next_progress {
+                next_progress += Duration::from_millis(500);
+                let reports = match &session {
+                    Some(s) => s.fault_reports()?,
+                    None => Vec::new(),
+                };
+                if let Some(m) = metrics {
+                    m.faults(&phase.name, &reports);
+                }
+                observer.progress(&progress_line(
+                    scenario,
+                    index,
+                    end.saturating_duration_since(Instant::now()),
+                    &probes,
+                    &reports,
+                ));
+            }
             if let Some(s) = session.as_mut() {
                 if Instant::now() >= next_tick {
                     next_tick += TICK;
@@ -336,6 +379,9 @@ fn run_with(
         let report = match session.take() {
             Some(s) => {
                 let record = s.stop(undo)?;
+                if let Some(m) = metrics {
+                    m.faults(&phase.name, &record.faults);
+                }
                 Some(Report::new(
                     "experiment",
                     Some(target.clone()),
@@ -357,6 +403,7 @@ fn run_with(
         }
     }
     let samples = probes.stop();
+    let monitored = monitor.stop();
 
     let mut verdicts: Vec<Verdict> = Vec::new();
     for (i, verifier) in scenario.verifiers.iter().enumerate() {
@@ -381,8 +428,53 @@ fn run_with(
     }
 
     Ok(record::Record::new(
-        scenario, target, started_at, windows, sessions, samples, verdicts, aborted,
+        scenario, target, started_at, windows, sessions, samples, monitored, verdicts, aborted,
     ))
+}
+
+/// The progress line: the phase, the time left, each probe's health in the last 2 s, and what
+/// each fault injected so far.
+fn progress_line(
+    scenario: &Scenario,
+    index: usize,
+    left: Duration,
+    probes: &probe::Probes,
+    reports: &[crate::report::FaultReport],
+) -> String {
+    let phase = &scenario.phases[index];
+    let mut parts = vec![format!(
+        "phase {}/{} `{}`: {:.1}s left",
+        index + 1,
+        scenario.phases.len(),
+        phase.name,
+        left.as_secs_f64()
+    )];
+    for (i, p) in scenario.probes.iter().enumerate() {
+        let samples = probes.samples(i);
+        let now = samples.last().map_or(0, |s| s.at_ms);
+        let recent = verify::Stats::of(verify::between(
+            &samples,
+            now.saturating_sub(2000),
+            u64::MAX,
+        ));
+        if recent.samples > 0 {
+            parts.push(format!(
+                "{} {:.0}% healthy",
+                p.name,
+                recent.success_rate * 100.0
+            ));
+        }
+    }
+    for r in reports {
+        for (place, c) in &r.counters {
+            parts.push(format!(
+                "{} {} {place} injected",
+                r.fault.kind(),
+                c.injected
+            ));
+        }
+    }
+    parts.join("; ")
 }
 
 /// The integrity verifier: the command exits 0 (with `expect` in its output) and the files'

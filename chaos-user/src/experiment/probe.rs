@@ -37,7 +37,13 @@ pub struct Probes {
 
 impl Probes {
     /// Starts a thread per probe; `start` is the experiment's time zero.
-    pub fn start(probes: &[Probe], start: Instant) -> anyhow::Result<Probes> {
+    /// Each sample also goes to `metrics`, under the phase `phase` names at the time.
+    pub fn start(
+        probes: &[Probe],
+        start: Instant,
+        metrics: Option<super::metrics::Metrics>,
+        phase: Arc<Mutex<String>>,
+    ) -> anyhow::Result<Probes> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut samples = Vec::new();
@@ -45,10 +51,18 @@ impl Probes {
             let out = Arc::new(Mutex::new(Vec::new()));
             samples.push(out.clone());
             let (probe, stop) = (probe.clone(), stop.clone());
+            let (metrics, phase) = (metrics.clone(), phase.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("probe {}", probe.name))
-                    .spawn(move || sample_until(&probe, start, &stop, &out))?,
+                    .spawn(move || {
+                        sample_until(&probe, start, &stop, &out, |s: &Sample| {
+                            if let (Some(m), Ok(p)) = (&metrics, phase.lock()) {
+                                let latency = Duration::from_secs_f64(s.latency_ms / 1000.0);
+                                m.sample(&probe.name, &p, s.ok, latency);
+                            }
+                        });
+                    })?,
             );
         }
         Ok(Probes {
@@ -79,7 +93,13 @@ impl Probes {
     }
 }
 
-fn sample_until(probe: &Probe, start: Instant, stop: &AtomicBool, out: &Mutex<Vec<Sample>>) {
+fn sample_until(
+    probe: &Probe,
+    start: Instant,
+    stop: &AtomicBool,
+    out: &Mutex<Vec<Sample>>,
+    also: impl Fn(&Sample),
+) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(probe.timeout))
         .http_status_as_error(false)
@@ -97,6 +117,7 @@ fn sample_until(probe: &Probe, start: Instant, stop: &AtomicBool, out: &Mutex<Ve
             latency_ms: began.elapsed().as_secs_f64() * 1000.0,
             error: result.err(),
         };
+        also(&sample);
         if let Ok(mut s) = out.lock() {
             s.push(sample);
         }

@@ -36,6 +36,8 @@ pub struct Record {
     pub aborted: Option<Aborted>,
     pub phases: Vec<PhaseRecord>,
     pub probes: Vec<ProbeRecord>,
+    /// The system and the target cgroup, sampled all along.
+    pub monitor: Vec<super::monitor::MonitorSample>,
     pub verifiers: Vec<Verdict>,
 }
 
@@ -78,6 +80,7 @@ impl Record {
         windows: Vec<PhaseWindow>,
         sessions: Vec<Option<Report>>,
         samples: Vec<Vec<Sample>>,
+        monitor: Vec<super::monitor::MonitorSample>,
         verifiers: Vec<Verdict>,
         aborted: Option<Aborted>,
     ) -> Record {
@@ -125,6 +128,7 @@ impl Record {
             aborted,
             phases,
             probes,
+            monitor,
             verifiers,
         }
     }

@@ -54,6 +54,13 @@ struct Raw {
     abort: Option<RawAbort>,
     #[serde(default)]
     verifiers: Vec<Spanned<RawVerifier>>,
+    monitor: Option<RawMonitor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    interval: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +157,8 @@ pub struct Scenario {
     pub phases: Vec<Phase>,
     pub abort: Option<Abort>,
     pub verifiers: Vec<Verifier>,
+    /// How often the system and the target are sampled (`[monitor] interval`, 1 s).
+    pub monitor_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -611,6 +620,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         phases,
         abort,
         verifiers,
+        monitor_interval: raw
+            .monitor
+            .and_then(|m| m.interval)
+            .map_or(Duration::from_secs(1), |d| d.0),
     })
 }
 

@@ -130,7 +130,8 @@ pub fn judge<'a>(
         Verifier::HealthRestored { probe, tolerance } => {
             let name = format!("{probe} is as available after the faults as before");
             let Some((faults_start, faults_end)) = fault_span(phases) else {
-                return Some(no_faults(verifier.kind(), name, String::new()));
+                let bound = format!("the rate before the faults, less {}", percent(*tolerance));
+                return Some(no_faults(verifier.kind(), name, bound));
             };
             let before = Stats::of(between(samples_of(probe), 0, faults_start));
             let after = Stats::of(between(samples_of(probe), faults_end, end));
@@ -217,7 +218,10 @@ pub fn judge<'a>(
                     let name = format!("{probe} stays healthy during the faults");
                     match fault_span(phases) {
                         Some((from, to)) => (name, from, to),
-                        None => return Some(no_faults(verifier.kind(), name, String::new())),
+                        None => {
+                            let bound = format!("≥ {} healthy", percent(*min_success));
+                            return Some(no_faults(verifier.kind(), name, bound));
+                        }
                     }
                 }
             };

@@ -11,6 +11,12 @@ pub(super) const SOCK_DESTROY: u16 = 21;
 // include/uapi/linux/inet_diag.h
 pub(super) const INET_DIAG_REQ_BYTECODE: u16 = 1;
 pub(super) const INET_DIAG_CGROUP_ID: u16 = 21;
+/// The attribute with the socket's struct tcp_info, asked for with bit `1 << (2 - 1)` of `ext`.
+const INET_DIAG_INFO: u16 = 2;
+const EXT_INFO: u8 = 1 << (INET_DIAG_INFO - 1);
+/// Where `tcpi_total_retrans` lies in struct tcp_info (include/uapi/linux/tcp.h): eight u8
+/// fields, then 23 u32 before it.
+const TCPI_TOTAL_RETRANS: usize = 8 + 23 * 4;
 
 /// struct nlmsghdr, struct nlattr.
 const NLMSG_HDRLEN: usize = 16;
@@ -39,17 +45,17 @@ pub(super) fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
     msg
 }
 
-/// A struct inet_diag_req_v2 for TCP in the connected states.
-fn req_v2(family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
+/// A struct inet_diag_req_v2 for TCP in the connected states; `ext` asks for attributes.
+fn req_v2(family: u8, ext: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
     let mut req = Vec::with_capacity(REQ_V2_LEN);
-    req.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    req.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, ext, 0]);
     req.extend_from_slice(&connected_mask().to_ne_bytes());
     req.extend_from_slice(id);
     req
 }
 
 pub(super) fn dump_request(seq: u32, family: u8, bytecode: &[u8]) -> Vec<u8> {
-    let mut body = req_v2(family, &[0; SOCKID_LEN]);
+    let mut body = req_v2(family, EXT_INFO, &[0; SOCKID_LEN]);
     body.extend_from_slice(&((NLA_HDRLEN + bytecode.len()) as u16).to_ne_bytes());
     body.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
     body.extend_from_slice(bytecode);
@@ -59,7 +65,12 @@ pub(super) fn dump_request(seq: u32, family: u8, bytecode: &[u8]) -> Vec<u8> {
 
 pub(super) fn destroy_request(seq: u32, socket: &TcpSocket) -> Vec<u8> {
     let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    message(SOCK_DESTROY, flags, seq, &req_v2(socket.family, &socket.id))
+    message(
+        SOCK_DESTROY,
+        flags,
+        seq,
+        &req_v2(socket.family, 0, &socket.id),
+    )
 }
 
 /// A netlink message of an answer, as far as this module cares.
@@ -147,6 +158,7 @@ pub(super) fn decode_socket(payload: &[u8]) -> Result<TcpSocket, SockDiagError> 
     };
 
     let mut cgroup_id = None;
+    let mut retransmits = None;
     let mut attrs = &payload[align4(DIAG_MSG_LEN).min(payload.len())..];
     while attrs.len() >= NLA_HDRLEN {
         let len = usize::from(u16_at(attrs, 0));
@@ -159,6 +171,11 @@ pub(super) fn decode_socket(payload: &[u8]) -> Result<TcpSocket, SockDiagError> 
             let bytes = attrs[NLA_HDRLEN..len].try_into().expect("8 bytes");
             cgroup_id = Some(u64::from_ne_bytes(bytes));
         }
+        if u16_at(attrs, 2) & NLA_TYPE_MASK == INET_DIAG_INFO
+            && len >= NLA_HDRLEN + TCPI_TOTAL_RETRANS + 4
+        {
+            retransmits = Some(u32_at(&attrs[NLA_HDRLEN..], TCPI_TOTAL_RETRANS));
+        }
         attrs = &attrs[align4(len).min(attrs.len())..];
     }
 
@@ -167,6 +184,7 @@ pub(super) fn decode_socket(payload: &[u8]) -> Result<TcpSocket, SockDiagError> 
         local,
         remote,
         cgroup_id,
+        retransmits,
         inode: u32_at(payload, 68),
         uid: u32_at(payload, 64),
         family,

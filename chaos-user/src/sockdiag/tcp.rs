@@ -109,6 +109,8 @@ pub struct TcpSocket {
     pub remote: SocketAddr,
     /// The socket's cgroup2 id, when the kernel reports it (Linux 5.8 and later).
     pub cgroup_id: Option<u64>,
+    /// The segments it retransmitted so far (`tcpi_total_retrans`), when reported.
+    pub retransmits: Option<u32>,
     /// The inode of the socket's file; 0 once its owner has closed it.
     pub inode: u32,
     /// The user who owns the socket.

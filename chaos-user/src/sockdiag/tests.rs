@@ -159,7 +159,8 @@ fn a_dump_request_carries_the_connected_states_and_the_filter() {
     assert_eq!(u32_at(&msg, 8), 3);
     assert_eq!(
         &msg[16..20],
-        &[libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, 0, 0]
+        &[libc::AF_INET6 as u8, libc::IPPROTO_TCP as u8, 2, 0],
+        "family, protocol, and INET_DIAG_INFO asked for"
     );
     // ESTABLISHED..FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING; not TIME_WAIT, CLOSE, LISTEN.
     assert_eq!(u32_at(&msg, 20), 0b1011_0011_1110);
@@ -207,7 +208,12 @@ fn an_ipv4_socket_decodes_with_its_cgroup_and_echoes_its_identity() {
     payload.extend(attr(8, &[0])); // INET_DIAG_SHUTDOWN
     payload.extend(attr(14, &[])); // INET_DIAG_PAD
     payload.extend(attr(INET_DIAG_CGROUP_ID, &77u64.to_ne_bytes()));
+    // struct tcp_info, 232 bytes on 6.x, with tcpi_total_retrans (offset 100) at 17.
+    let mut info = vec![0u8; 232];
+    info[100..104].copy_from_slice(&17u32.to_ne_bytes());
+    payload.extend(attr(2, &info));
     let s = decode_socket(&payload).unwrap();
+    assert_eq!(s.retransmits, Some(17));
     assert_eq!(s.state, TcpState::Established);
     assert_eq!(s.local, "127.0.0.1:40000".parse().unwrap());
     assert_eq!(s.remote, "10.1.2.3:80".parse().unwrap());
@@ -280,6 +286,7 @@ fn socket(local: &str, remote: &str) -> TcpSocket {
         local: local.parse().unwrap(),
         remote: remote.parse().unwrap(),
         cgroup_id: None,
+        retransmits: None,
         inode: 1,
         uid: 0,
         family: libc::AF_INET as u8,
