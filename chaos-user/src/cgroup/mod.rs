@@ -307,6 +307,30 @@ pub fn check_guardrails(mount: &Path, target: &Cgroup, force: bool) -> Result<()
     Ok(())
 }
 
+/// Makes the transient cgroup of `run` (and of an experiment's target command) below
+/// chaos-user's own, so that what runs in it stays under the limits its caller runs under;
+/// in the undo log before it exists. Returns it and its entry.
+pub fn make_run_cgroup(
+    mount: &Path,
+    undo: &mut crate::undo::UndoLog,
+) -> anyhow::Result<(Cgroup, crate::undo::Entry)> {
+    let own = Cgroup::of_process(mount, "self")?;
+    let path = own
+        .path
+        .join(format!("{RUN_CGROUP_PREFIX}{}", std::process::id()));
+    let entry = crate::undo::Entry::Cgroup { path: path.clone() };
+    undo.push(entry.clone())?;
+    create(&path)?;
+    let made = Cgroup::resolve(mount, &path.to_string_lossy());
+    match made {
+        Ok(cgroup) => Ok((cgroup, entry)),
+        Err(e) => {
+            undo.undo(&entry)?;
+            Err(e.into())
+        }
+    }
+}
+
 /// Creates a cgroup directory (the caller has logged it in the undo log first).
 pub fn create(path: &Path) -> Result<(), CgroupError> {
     fs::create_dir(path).map_err(io_err("create cgroup", path))

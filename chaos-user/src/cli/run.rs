@@ -19,7 +19,7 @@ use crate::{
     loader,
     report::{CommandReport, EndReason, Report},
     session::{Deadline, Session, TICK},
-    undo::{Entry, Outcome, UndoLog},
+    undo::{Outcome, UndoLog},
 };
 
 pub(super) fn main(args: RunArgs) -> Result<i32> {
@@ -54,20 +54,9 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
     loader::check_ready()?;
 
     let mut undo = UndoLog::new()?;
-    // Below chaos-user's own cgroup, so that the command stays under the limits its caller
-    // runs under.
-    let own = Cgroup::of_process(&mount, "self")?;
-    let path = own.path.join(format!(
-        "{}{}",
-        cgroup::RUN_CGROUP_PREFIX,
-        std::process::id()
-    ));
-    let entry = Entry::Cgroup { path: path.clone() };
-    undo.push(entry.clone())?;
-    cgroup::create(&path)?;
-    let result = Cgroup::resolve(&mount, &path.to_string_lossy())
-        .map_err(anyhow::Error::from)
-        .and_then(|target| run_in(&args, duration, faults, &program, target, &mut undo));
+    let (target, entry) = cgroup::make_run_cgroup(&mount, &mut undo)?;
+    let path = target.path.clone();
+    let result = run_in(&args, duration, faults, &program, target, &mut undo);
     // Whatever path led here, nothing of the session's may stay behind but the cgroup.
     undo.undo_where(|e| e != &entry)?;
     let (status, abandon) = match result {

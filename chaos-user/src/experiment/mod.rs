@@ -235,19 +235,11 @@ fn run_with(
             target
         }
         TargetKind::Command(argv) => {
-            let own = Cgroup::of_process(&mount, "self")?;
-            let path = own.path.join(format!(
-                "{}{}",
-                cgroup::RUN_CGROUP_PREFIX,
-                std::process::id()
-            ));
-            let entry = Entry::Cgroup { path: path.clone() };
-            undo.push(entry.clone())?;
-            cgroup::create(&path)?;
-            started.cgroup = Some((path.clone(), entry));
-            let join = cgroup::JoinOnStart::new(&path, &[])?;
+            let (cgroup, entry) = cgroup::make_run_cgroup(&mount, undo)?;
+            started.cgroup = Some((cgroup.path.clone(), entry));
+            let join = cgroup::JoinOnStart::new(&cgroup.path, &[])?;
             started.target = Some(spawn(argv, Some(&join)).context("target.command")?);
-            Cgroup::resolve(&mount, &path.to_string_lossy())?
+            cgroup
         }
     };
     if let Some(addr) = scenario.target.ready {

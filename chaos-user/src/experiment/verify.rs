@@ -156,12 +156,7 @@ pub fn judge<'a>(
             } else {
                 (
                     after.success_rate >= before.success_rate - tolerance,
-                    format!(
-                        "{} healthy ({} of {})",
-                        percent(after.success_rate),
-                        after.healthy,
-                        after.samples
-                    ),
+                    healthy_share(&after),
                 )
             };
             Verdict {
@@ -232,12 +227,7 @@ pub fn judge<'a>(
             } else {
                 (
                     stats.success_rate >= *min_success,
-                    format!(
-                        "{} healthy ({} of {})",
-                        percent(stats.success_rate),
-                        stats.healthy,
-                        stats.samples
-                    ),
+                    healthy_share(&stats),
                 )
             };
             Verdict {
@@ -250,6 +240,16 @@ pub fn judge<'a>(
         }
         Verifier::Integrity { .. } | Verifier::NothingLeft => return None,
     })
+}
+
+/// `75.0% healthy (15 of 20)`.
+fn healthy_share(s: &Stats) -> String {
+    format!(
+        "{} healthy ({} of {})",
+        percent(s.success_rate),
+        s.healthy,
+        s.samples
+    )
 }
 
 fn no_faults(kind: &'static str, name: String, bound: String) -> Verdict {
