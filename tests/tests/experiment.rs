@@ -70,6 +70,23 @@ fn xml_elements(text: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Checks a record against the published schema of experiment records.
+fn assert_schema(record: &Value) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/experiment-record.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the schema")).expect("JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> = validator
+        .iter_errors(record)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the record breaks the schema: {errors:#?}"
+    );
+}
+
 /// The body of an HTTP GET on loopback.
 fn scrape(url: &str) -> String {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -178,6 +195,7 @@ fn nginx_keeps_its_health_and_fails_fast_while_its_backend_refuses() {
 
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("the record")).expect("JSON");
+    assert_schema(&record);
     assert_eq!(record["schema_version"], 1);
     assert_eq!(record["passed"], true);
     let phases = record["phases"].as_array().expect("phases");
@@ -353,6 +371,7 @@ window = "500ms"
     assert!(started.elapsed() < Duration::from_secs(15), "aborted early");
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("record")).expect("JSON");
+    assert_schema(&record);
     assert_eq!(record["aborted"]["phase"], "first", "{record}");
     assert!(
         record["aborted"]["reason"]

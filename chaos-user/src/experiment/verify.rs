@@ -225,10 +225,7 @@ pub fn judge<'a>(
             let (passed, measured) = if stats.samples == 0 {
                 (false, "no samples in the window".to_string())
             } else {
-                (
-                    stats.success_rate >= *min_success,
-                    healthy_share(&stats),
-                )
+                (stats.success_rate >= *min_success, healthy_share(&stats))
             };
             Verdict {
                 kind: verifier.kind(),
