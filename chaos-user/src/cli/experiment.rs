@@ -90,6 +90,30 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
         .flat_map(|p| p.faults.iter().map(|(_, f)| f.clone()))
         .collect();
     super::check_paths(&faults)?;
+    // A report that cannot be written is known now, not after the whole run.
+    for (option, path) in [
+        ("--json", &args.json),
+        ("--junit", &args.junit),
+        ("--html", &args.html),
+    ] {
+        if let Some(path) = path {
+            super::check_writable_as(option, path)?;
+        }
+    }
+    let to_stdout =
+        |p: &Option<std::path::PathBuf>| p.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    if [&args.json, &args.junit, &args.html]
+        .into_iter()
+        .filter(|p| to_stdout(p))
+        .count()
+        > 1
+    {
+        return Err(crate::error::UsageError {
+            message: "only one of --json, --junit and --html can go to stdout (`-`)".into(),
+            hint: Some("give files for the others".into()),
+        }
+        .into());
+    }
     report_leftovers();
     if !faults.is_empty() {
         crate::loader::check_ready()?;
@@ -119,8 +143,8 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
     let record = experiment::run(&scenario, &mut observer, metrics.as_ref().map(|(m, _)| m));
     observer.clear();
     let record = record?;
-    let to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    if to_stdout {
+    // The summary goes to stderr when a report takes stdout.
+    if [&args.json, &args.junit, &args.html].into_iter().any(to_stdout) {
         note!("{}", record.summary().trim_end());
     } else {
         out!("{}", record.summary().trim_end());

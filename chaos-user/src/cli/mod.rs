@@ -223,12 +223,17 @@ impl FaultArgs {
 /// Creates nothing: an existing file must be a writable regular file, a new one must have a
 /// writable folder.
 fn check_writable(path: &std::path::Path) -> anyhow::Result<()> {
+    check_writable_as("--json", path)
+}
+
+/// [`check_writable`] for the report file of option `option`.
+fn check_writable_as(option: &str, path: &std::path::Path) -> anyhow::Result<()> {
     if path.as_os_str() == "-" {
         return Ok(());
     }
     let refuse = |why: String| -> anyhow::Result<()> {
         Err(UsageError {
-            message: format!("--json {}: {why}", path.display()),
+            message: format!("{option} {}: {why}", path.display()),
             hint: Some("give a writable file path for the report".into()),
         }
         .into())
