@@ -16,6 +16,7 @@ pub mod netns;
 pub mod pacing;
 pub mod pause;
 pub mod plan;
+pub mod program;
 pub mod report;
 pub mod session;
 pub mod sockdiag;

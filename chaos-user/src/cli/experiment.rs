@@ -144,7 +144,10 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
     observer.clear();
     let record = record?;
     // The summary goes to stderr when a report takes stdout.
-    if [&args.json, &args.junit, &args.html].into_iter().any(to_stdout) {
+    if [&args.json, &args.junit, &args.html]
+        .into_iter()
+        .any(to_stdout)
+    {
         note!("{}", record.summary().trim_end());
     } else {
         out!("{}", record.summary().trim_end());

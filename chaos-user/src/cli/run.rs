@@ -1,8 +1,6 @@
 //! `chaos-user run`: a command in a fresh cgroup, with faults, until it exits.
 
 use std::{
-    ffi::OsString,
-    fs,
     io::ErrorKind,
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
@@ -37,7 +35,7 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
         }
         .into());
     }
-    let program = match find_program(&args.command[0]) {
+    let program = match crate::program::find(&args.command[0]) {
         Ok(p) => p,
         Err(status) => {
             let what = if status == 127 {
@@ -252,35 +250,4 @@ async fn wait_until_empty(
         }
     }
     Ok(true)
-}
-
-/// Finds the program as execvp would; Err carries 127 (not found) or 126 (not executable).
-fn find_program(name: &OsString) -> Result<PathBuf, i32> {
-    if name.is_empty() {
-        return Err(127);
-    }
-    let executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    let path = Path::new(name);
-    if path.components().count() > 1 || name.to_string_lossy().contains('/') {
-        return if !path.exists() {
-            Err(127)
-        } else if executable(path) {
-            Ok(path.to_path_buf())
-        } else {
-            Err(126)
-        };
-    }
-    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    let mut found_unexecutable = false;
-    for dir in std::env::split_paths(&search) {
-        let candidate = dir.join(name);
-        if executable(&candidate) {
-            return Ok(candidate);
-        }
-        found_unexecutable |= candidate.exists();
-    }
-    Err(if found_unexecutable { 126 } else { 127 })
 }

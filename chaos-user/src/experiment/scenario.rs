@@ -19,11 +19,15 @@ use crate::spec::FaultSpec;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dur(pub Duration);
 
+/// The longest duration a scenario may give anything.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 impl Dur {
     fn parse(text: &str) -> Result<Dur, String> {
         match humantime::parse_duration(text.trim()) {
+            Ok(v) if v > MAX_DURATION => Err(format!("`{text}` is longer than a day (24h)")),
             Ok(v) if !v.is_zero() => Ok(Dur(v)),
-            Ok(_) => Err("a duration must be longer than zero".into()),
+            Ok(_) => Err(format!("`{text}`: a duration must be longer than zero")),
             Err(e) => Err(format!(
                 "`{text}` is not a duration ({e}); write for example 500ms, 2s or 1m"
             )),
@@ -139,6 +143,7 @@ enum RawVerifier {
         command: Option<Vec<String>>,
         files: Option<Vec<String>>,
         expect: Option<String>,
+        timeout: Option<String>,
     },
     NothingLeft {},
 }
@@ -244,6 +249,8 @@ pub enum Verifier {
         command: Option<Vec<String>>,
         files: Vec<PathBuf>,
         expect: Option<String>,
+        /// How long the command may take (1 min by default).
+        timeout: Duration,
     },
     NothingLeft,
 }
@@ -301,8 +308,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         }
     };
     let raw: Raw = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
-        at(e.span().unwrap_or(0..0), message)
+        // Name the key written on the line, when the message does not.
+        let line = text[..span.start.min(text.len())]
+            .rsplit('\n')
+            .next()
+            .unwrap_or("");
+        let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+            !k.is_empty() && !k.starts_with('[') && !message.contains(&format!("`{k}`"))
+        });
+        match key {
+            Some(k) => at(span, format!("{k}: {message}")),
+            None => at(span, message),
+        }
     })?;
 
     let dir = file
@@ -332,15 +351,49 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
             Err(at(span, format!("{key}: the command is empty")))
         }
         _ => Ok(()),
+    }; // Names show in summaries, metrics labels and file names: one line of printable text.
+    let named = |name: &str, span: std::ops::Range<usize>, what: &str| {
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            Err(at(
+                span,
+                format!(
+                    "{what}: the name `{}` is empty or has control characters",
+                    name.escape_debug()
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    // A program missing now is bad input; one under {tmp} is made by the run itself.
+    let tmp_text = tmp.to_string_lossy().into_owned();
+    let runnable = |argv: &[String], span: std::ops::Range<usize>, key: &str| {
+        if argv[0].contains(&tmp_text) {
+            return Ok(());
+        }
+        match crate::program::find(std::ffi::OsStr::new(&argv[0])) {
+            Ok(_) => Ok(()),
+            Err(126) => Err(at(span, format!("{key}: `{}` is not executable", argv[0]))),
+            Err(_) => Err(at(
+                span,
+                format!(
+                    "{key}: there is no program `{}` (in PATH, or at that path)",
+                    argv[0]
+                ),
+            )),
+        }
     };
     const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
     let target_span = raw.target.span();
     let rt = raw.target.into_inner();
     nonempty(&rt.command, target_span.clone(), "target.command")?;
     let kind = match (rt.cgroup, rt.command) {
         (Some(c), None) => TargetKind::Cgroup(c),
-        (None, Some(cmd)) => TargetKind::Command(expand_all(&cmd)),
+        (None, Some(cmd)) => {
+            let cmd = expand_all(&cmd);
+            runnable(&cmd, target_span.clone(), "target.command")?;
+            TargetKind::Command(cmd)
+        }
         _ => {
             return Err(at(
                 target_span,
@@ -363,6 +416,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
 
     let mut dependencies = BTreeMap::new();
     for (name, value) in &raw.dependencies {
+        named(name, value.span(), "dependencies")?;
         let v = value.get_ref();
         let parsed = v
             .parse::<SocketAddr>()
@@ -384,12 +438,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     for s in &raw.services {
         let span = s.span();
         let s = s.get_ref();
+        named(&s.name, span.clone(), "services")?;
         if s.command.is_empty() || s.command[0].is_empty() {
             return Err(at(
                 span,
                 format!("services `{}`: the command is empty", s.name),
             ));
         }
+        runnable(
+            &expand_all(&s.command),
+            span.clone(),
+            &format!("services `{}`", s.name),
+        )?;
         if services.iter().any(|o: &Service| o.name == s.name) {
             return Err(at(span, format!("services: `{}` is named twice", s.name)));
         }
@@ -409,19 +469,41 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     for p in &raw.probes {
         let span = p.span();
         let p = p.get_ref();
+        named(&p.name, span.clone(), "probes")?;
         if probes.iter().any(|o| o.name == p.name) {
             return Err(at(span, format!("probes: `{}` is named twice", p.name)));
         }
         nonempty(&p.command, span.clone(), "probes.command")?;
         let check = match (&p.http, &p.tcp, &p.command) {
             (Some(url), None, None) => {
-                if !url.get_ref().starts_with("http://") {
+                let parsed = url.get_ref().parse::<ureq::http::Uri>().ok();
+                let host = parsed.as_ref().and_then(|u| u.host()).unwrap_or(""); // The port as written: the parser takes any digits.
+                let port_ok = parsed.as_ref().and_then(|u| u.authority()).is_none_or(|a| {
+                    match a.as_str().rsplit_once(':') {
+                        Some((_, port)) if !port.contains(']') => {
+                            port.parse::<u16>().is_ok_and(|n| n > 0)
+                        }
+                        _ => true,
+                    }
+                });
+                let scheme_ok = parsed.as_ref().and_then(|u| u.scheme_str()) == Some("http");
+                if !scheme_ok || host.is_empty() || !port_ok {
                     return Err(at(
                         url.span(),
                         format!(
-                            "probes `{}`: http: `{}` is not an http:// URL",
+                            "probes `{}`: http: `{}` is not an http:// URL with a host and a port \
+                             up to 65535",
                             p.name,
                             url.get_ref()
+                        ),
+                    ));
+                }
+                if let Some(st) = p.status.filter(|st| !(100..=599).contains(st)) {
+                    return Err(at(
+                        span,
+                        format!(
+                            "probes `{}`: status: {st} is not an HTTP status (100 to 599)",
+                            p.name
                         ),
                     ));
                 }
@@ -432,7 +514,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 }
             }
             (None, Some(tcp), None) => Check::Tcp(addr(tcp, "probes.tcp")?),
-            (None, None, Some(cmd)) => Check::Command(expand_all(cmd)),
+            (None, None, Some(cmd)) => {
+                let cmd = expand_all(cmd);
+                runnable(&cmd, span.clone(), &format!("probes `{}`", p.name))?;
+                Check::Command(cmd)
+            }
             _ => {
                 return Err(at(
                     span,
@@ -473,6 +559,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     for ph in &raw.phases {
         let span = ph.span();
         let ph = ph.get_ref();
+        named(&ph.name, span.clone(), "phases")?;
         if phases.iter().any(|o| o.name == ph.name) {
             return Err(at(span, format!("phases: `{}` is named twice", ph.name)));
         }
@@ -486,6 +573,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 .map_err(|e| at(f.span(), format!("phases `{}`: {e}", ph.name)))?;
             faults.push((written.clone(), spec));
         }
+        // What one session can hold, for each phase alone.
+        let specs: Vec<FaultSpec> = faults.iter().map(|(_, f)| f.clone()).collect();
+        crate::session::Plan::dry(&specs)
+            .map_err(|e| at(span.clone(), format!("phases `{}`: {e}", ph.name)))?;
         phases.push(Phase {
             name: ph.name.clone(),
             duration: ph.duration.0,
@@ -518,10 +609,28 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                     format!("abort.failure_rate: {rate} is not in (0, 1]"),
                 ));
             }
+            let probe = probe_named(a.probe.get_ref(), a.probe.span(), "abort.probe")?;
+            let window = a.window.map_or(Duration::from_secs(2), |d| d.0);
+            let interval = probes
+                .iter()
+                .find(|p| p.name == probe)
+                .map_or(Duration::ZERO, |p| p.interval);
+            if window < interval * 2 {
+                return Err(at(
+                    a.probe.span(),
+                    format!(
+                        "abort.window: {} holds fewer than two samples of `{probe}` (one every \
+                         {}); make it at least {}",
+                        humantime::format_duration(window),
+                        humantime::format_duration(interval),
+                        humantime::format_duration(interval * 2)
+                    ),
+                ));
+            }
             Some(Abort {
-                probe: probe_named(a.probe.get_ref(), a.probe.span(), "abort.probe")?,
+                probe,
                 failure_rate: rate,
-                window: a.window.map_or(Duration::from_secs(2), |d| d.0),
+                window,
             })
         }
     };
@@ -533,7 +642,30 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         } else {
             Err(at(span, format!("{key}: {v} is not between 0 and 1")))
         }
-    };
+    }; // Verifiers that compare with what came before or after the faults need those phases.
+    let first_fault = phases.iter().position(|p| !p.faults.is_empty());
+    let last_fault = phases.iter().rposition(|p| !p.faults.is_empty());
+    let around_faults =
+        |span: std::ops::Range<usize>, kind: &str, before: bool| match (first_fault, last_fault) {
+            (Some(first), Some(last)) => {
+                if before && first == 0 {
+                    Err(at(
+                        span,
+                        format!(
+                            "{kind}: needs a phase without faults before the first with faults"
+                        ),
+                    ))
+                } else if last + 1 == phases.len() {
+                    Err(at(
+                        span,
+                        format!("{kind}: needs a phase without faults after the last with faults"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(at(span, format!("{kind}: no phase has faults"))),
+        };
     let mut verifiers = Vec::new();
     for v in &raw.verifiers {
         let span = v.span();
@@ -547,15 +679,24 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 probe,
                 consecutive,
                 within: within_text,
-            } => Verifier::RecoveryTime {
-                probe: probe_named(probe, span.clone(), "recovery-time.probe")?,
-                consecutive: consecutive.unwrap_or(3).max(1),
-                within: within(within_text, "recovery-time.within")?,
-            },
-            RawVerifier::HealthRestored { probe, tolerance } => Verifier::HealthRestored {
-                probe: probe_named(probe, span.clone(), "health-restored.probe")?,
-                tolerance: share(*tolerance, 0.05, span, "health-restored.tolerance")?,
-            },
+            } => {
+                if *consecutive == Some(0) {
+                    return Err(at(span, "recovery-time.consecutive: at least 1".into()));
+                }
+                around_faults(span.clone(), "recovery-time", false)?;
+                Verifier::RecoveryTime {
+                    probe: probe_named(probe, span.clone(), "recovery-time.probe")?,
+                    consecutive: consecutive.unwrap_or(3),
+                    within: within(within_text, "recovery-time.within")?,
+                }
+            }
+            RawVerifier::HealthRestored { probe, tolerance } => {
+                around_faults(span.clone(), "health-restored", true)?;
+                Verifier::HealthRestored {
+                    probe: probe_named(probe, span.clone(), "health-restored.probe")?,
+                    tolerance: share(*tolerance, 0.05, span, "health-restored.tolerance")?,
+                }
+            }
             RawVerifier::FailFast {
                 probe,
                 phase,
@@ -581,8 +722,18 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 command,
                 files,
                 expect,
+                timeout,
             } => {
                 nonempty(command, span.clone(), "integrity.command")?;
+                if expect.is_some() && command.is_none() {
+                    return Err(at(
+                        span,
+                        "integrity.expect: is what `command` prints; give the command".into(),
+                    ));
+                }
+                if let Some(cmd) = command {
+                    runnable(&expand_all(cmd), span.clone(), "integrity.command")?;
+                }
                 let files: Vec<PathBuf> = files
                     .iter()
                     .flatten()
@@ -600,6 +751,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                     command: command.as_deref().map(expand_all),
                     files,
                     expect: expect.clone(),
+                    timeout: match timeout {
+                        Some(t) => within(t, "integrity.timeout")?,
+                        None => Duration::from_secs(60),
+                    },
                 }
             }
             RawVerifier::NothingLeft {} => Verifier::NothingLeft,
@@ -636,8 +791,42 @@ fn with_dependencies(
         return Ok(spec.to_string());
     };
     let mut out = Vec::new();
+    let count = |key: &str| {
+        keys.split(',')
+            .filter(|p| p.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+            .count()
+    };
+    if count("dep") == 0 {
+        return Ok(spec.to_string());
+    }
+    const WITH_DST: [&str; 8] = [
+        "loss",
+        "delay",
+        "bandwidth",
+        "corrupt",
+        "duplicate",
+        "connect",
+        "reset",
+        "xdp-drop",
+    ];
+    if !WITH_DST.contains(&kind.trim()) {
+        return Err(format!(
+            "`{spec}`: dep= stands for dst= (and dport=), which `{}` does not take",
+            kind.trim()
+        ));
+    }
+    if count("dep") > 1 {
+        return Err(format!(
+            "`{spec}`: dep= given twice; one dependency per fault"
+        ));
+    }
+    if count("dst") + count("dport") > 0 {
+        return Err(format!(
+            "`{spec}`: dep= stands for dst= and dport=; give either, not both"
+        ));
+    }
     for pair in keys.split(',') {
-        match pair.split_once('=') {
+        match pair.split_once('=').map(|(k, v)| (k.trim(), v)) {
             Some(("dep", name)) => {
                 let Some((ip, port)) = dependencies.get(name.trim()) else {
                     let known: Vec<&str> = dependencies.keys().map(String::as_str).collect();

@@ -4,7 +4,7 @@ const GOOD: &str = r#"
 name = "web keeps answering"
 
 [target]
-command = ["{dir}/server", "--port", "8080"]
+command = ["/bin/sh", "{dir}/server.sh", "8080"]
 ready = "127.0.0.1:8080"
 
 [dependencies]
@@ -61,7 +61,7 @@ fn err(text: &str) -> String {
 fn a_good_scenario_parses_with_dependencies_in_its_faults() {
     let s = parse(Path::new("/srv/exp/s.toml"), GOOD).unwrap();
     assert_eq!(s.name, "web keeps answering");
-    assert!(matches!(&s.target.kind, TargetKind::Command(c) if c[0] == "/srv/exp/server"));
+    assert!(matches!(&s.target.kind, TargetKind::Command(c) if c[1] == "/srv/exp/server.sh"));
     assert_eq!(s.phases.len(), 3);
     let (written, spec) = &s.phases[1].faults[0];
     assert_eq!(written, "connect:dep=db,errno=ECONNREFUSED");
@@ -136,4 +136,66 @@ fn errors_name_the_line_and_the_key() {
 
     let e = err(&GOOD.replace("name = \"recovery\"", "name = \"baseline\""));
     assert!(e.contains("`baseline` is named twice"), "{e}");
+
+    let e = err(&GOOD.replace("/bin/sh", "/no/such/program"));
+    assert!(e.contains("there is no program `/no/such/program`"), "{e}");
+
+    let e = err(&GOOD.replace("duration = \"3s\"", "duration = \"18446744073709551615s\""));
+    assert!(
+        e.contains("duration:") && e.contains("longer than a day"),
+        "{e}"
+    );
+
+    let e = err(&GOOD.replace("dep=db,", "dep=db,dport=1,"));
+    assert!(e.contains("give either, not both"), "{e}");
+
+    let e = err(&GOOD.replace("loss:dep=cache", "file:dep=cache"));
+    assert!(e.contains("which `file` does not take"), "{e}");
+
+    let e = err(&GOOD.replace("http://127.0.0.1:8080/health", "http://127.0.0.1:99999/"));
+    assert!(e.contains("port up to 65535"), "{e}");
+
+    let e = err(&GOOD.replace("body = \"ok\"", "status = 999"));
+    assert!(e.contains("999 is not an HTTP status"), "{e}");
+
+    let e = err(&GOOD.replace("name = \"port\"", "name = \"\""));
+    assert!(e.contains("probes: the name `` is empty"), "{e}");
+
+    let e = err(&GOOD.replace(
+        "failure_rate = 0.9",
+        "failure_rate = 0.9\nwindow = \"150ms\"",
+    ));
+    assert!(e.contains("fewer than two samples of `api`"), "{e}");
+
+    let e = err(&GOOD.replace("within = \"1s\"", "within = \"1s\"\nconsecutive = 0"));
+    assert!(e.contains("consecutive: at least 1"), "{e}");
+
+    let no_recovery = GOOD.replace("[[phases]]\nname = \"recovery\"\nduration = \"2s\"\n", "");
+    let e = err(&no_recovery);
+    assert!(
+        e.contains("recovery-time: needs a phase without faults after"),
+        "{e}"
+    );
+
+    let e = err(&GOOD.replace(
+        "kind = \"nothing-left\"",
+        "kind = \"integrity\"\nfiles = [\"/x\"]\nexpect = \"ok\"",
+    ));
+    assert!(e.contains("integrity.expect"), "{e}");
+
+    let nine = vec!["\"loss:p=0.1\""; 9].join(", ");
+    let e = err(&GOOD.replace(
+        "faults = [\"connect:dep=db,errno=ECONNREFUSED\", \"loss:dep=cache,p=0.5\"]",
+        &format!("faults = [{nine}]"),
+    ));
+    assert!(
+        e.contains("phases `db down`") && e.contains("at most 8"),
+        "{e}"
+    );
+
+    let e = err(&GOOD.replace("interval = \"100ms\"", "interval = 5"));
+    assert!(
+        e.starts_with("/x/s.toml:16:") && e.contains("interval:"),
+        "{e}"
+    );
 }
