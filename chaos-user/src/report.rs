@@ -57,6 +57,8 @@ pub enum EndReason {
     CommandExited,
     /// The target cgroup was removed, or replaced by another of the same name.
     TargetGone,
+    /// An experiment was aborted: its abort condition, or its target or a service exited.
+    Aborted,
 }
 
 /// How the command of `run` ended.
@@ -162,6 +164,7 @@ impl Report {
             EndReason::Signal => "interrupted",
             EndReason::CommandExited => "the command exited",
             EndReason::TargetGone => "the target cgroup was removed or replaced",
+            EndReason::Aborted => "the experiment was aborted",
         };
         let on = self.target.as_ref().map_or_else(
             || FaultSpec::scope(self.faults.iter().map(|f| &f.fault)).to_string(),

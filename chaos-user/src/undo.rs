@@ -22,8 +22,15 @@ pub fn runtime_dir() -> PathBuf {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Entry {
-    /// A transient cgroup that `run` created; removed once its processes are gone.
-    Cgroup { path: PathBuf },
+    /// A transient cgroup that `run` or an experiment created; removed once its processes are
+    /// gone. With `kill`, undoing it kills them first (an experiment's own processes).
+    Cgroup {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        kill: bool,
+    },
+    /// An experiment's own directory (`{tmp}`), removed with what is in it.
+    RunDir { path: PathBuf },
     /// An egress tc filter attached over netlink (kernels without tcx).
     TcFilter {
         interface: String,
@@ -76,6 +83,7 @@ impl Entry {
     fn netns(&self) -> Option<u64> {
         match self {
             Entry::Cgroup { .. }
+            | Entry::RunDir { .. }
             | Entry::PacingCaps { .. }
             | Entry::Frozen { .. }
             | Entry::Fill { .. }
@@ -91,7 +99,11 @@ impl Entry {
 impl std::fmt::Display for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Entry::Cgroup { path } => write!(f, "cgroup {}", path.display()),
+            Entry::Cgroup { path, kill: false } => write!(f, "cgroup {}", path.display()),
+            Entry::Cgroup { path, kill: true } => {
+                write!(f, "cgroup {} (and its processes)", path.display())
+            }
+            Entry::RunDir { path } => write!(f, "experiment directory {}", path.display()),
             Entry::Frozen { cgroup } => write!(f, "the freeze of cgroup {}", cgroup.display()),
             Entry::Fill { file } => write!(f, "disk-fill file {}", file.display()),
             Entry::Moved { group, origins } => write!(
@@ -159,7 +171,7 @@ pub fn undo(entry: &Entry) -> Result<Outcome> {
 
 fn undo_here(entry: &Entry) -> Result<Outcome> {
     match entry {
-        Entry::Cgroup { path } => {
+        Entry::Cgroup { path, kill } => {
             // Only what `run` makes: a log that names anything else is not to be trusted.
             let ours = crate::cgroup::is_below_cgroup2(path)
                 && path.file_name().is_some_and(|n| {
@@ -172,6 +184,14 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             if !path.exists() {
                 return Ok(Outcome::AlreadyGone);
             }
+            if *kill {
+                for _ in 0..100 {
+                    if crate::cgroup::kill_all(path) == 0 {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
             let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
             let pids: Vec<&str> = procs.split_whitespace().collect();
             if !pids.is_empty() {
@@ -181,6 +201,20 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
                 )));
             }
             remove_group(path)
+        }
+        Entry::RunDir { path } => {
+            let ours = path.parent() == Some(std::env::temp_dir().as_path())
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("chaos-experiment-"));
+            if !ours {
+                return Ok(damaged(path, "a directory that an experiment makes"));
+            }
+            match fs::remove_dir_all(path) {
+                Ok(()) => Ok(Outcome::Undone),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Outcome::AlreadyGone),
+                Err(e) => Err(e).with_context(|| format!("remove {}", path.display())),
+            }
         }
         Entry::Moved { group, origins } => {
             let ours = crate::cgroup::v1::is_our_group(group);
@@ -509,6 +543,10 @@ mod tests {
             },
             Entry::Cgroup {
                 path: dir.join("chaos-user-run-1"),
+                kill: true,
+            },
+            Entry::RunDir {
+                path: dir.join("chaos-experiment-1"),
             },
             Entry::Fill {
                 file: dir.join("memory.max"),

@@ -458,3 +458,121 @@ faults = ["loss:p=2"]
     assert_eq!(status.code(), Some(0));
     assert!(stdout.contains("valid: 1 phase(s)"), "{stdout}");
 }
+
+/// PIDs of processes whose command line is exactly `cmdline` (arguments joined by spaces).
+fn processes_running(cmdline: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<String> = c
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.join(" ") == cmdline
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_target_that_exits_aborts_the_run_and_hung_probes_leave_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = Scratch::new("exits");
+    let file = dir.file(
+        "s.toml",
+        r#"
+[target]
+command = ["/bin/sh", "-c", "echo 'cannot bind: address in use' >&2; sleep 1; exit 3"]
+
+[[probes]]
+name = "hangs"
+command = ["/bin/sh", "-c", "sleep 987"]
+timeout = "300ms"
+interval = "100ms"
+
+[[phases]]
+name = "long"
+duration = "20s"
+"#,
+    );
+    let json = dir.0.join("run.json");
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "experiment".as_ref(),
+        "run".as_ref(),
+        file.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]));
+    assert_eq!(status.code(), Some(1), "{stdout} {stderr}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("record")).expect("JSON");
+    let reason = record["aborted"]["reason"].as_str().expect("a reason");
+    assert!(
+        reason.contains("the target command exited") && reason.contains("cannot bind"),
+        "{reason}"
+    );
+    let samples = record["probes"][0]["samples"].as_array().expect("samples");
+    assert!(
+        samples.iter().all(|s| s["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no answer within")),
+        "{samples:?}"
+    );
+    assert_eq!(
+        processes_running("sleep 987"),
+        Vec::<u32>::new(),
+        "no probe left"
+    );
+    nothing_of_the_experiment_left(1);
+}
+
+#[test]
+fn sigkill_mid_experiment_is_undone_by_recover_even_what_ignores_sigterm() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = Scratch::new("kill");
+    let file = dir.file(
+        "s.toml",
+        r#"
+[target]
+command = ["/bin/sh", "-c", "trap '' TERM; sleep 654 & sleep 655; wait"]
+
+[[services]]
+name = "helper"
+command = ["/bin/sh", "-c", "trap '' TERM; sleep 656 & wait"]
+
+[[phases]]
+name = "long"
+duration = "60s"
+faults = ["loss:p=1,proto=udp"]
+"#,
+    );
+    let mut cmd = chaos_user();
+    cmd.args(["experiment".as_ref(), "run".as_ref(), file.as_os_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut experiment = Injector::start_cmd(cmd, "phase 1/1 `long`");
+    std::thread::sleep(Duration::from_millis(300));
+    experiment.signal(libc::SIGKILL);
+    let (status, _) = experiment.wait();
+    assert_eq!(status.code(), None, "killed");
+    assert_eq!(
+        chaos_tests::programs_left_after(Duration::from_secs(2)),
+        Vec::<String>::new(),
+        "no program outlives a killed injector"
+    );
+    let (status, stdout, stderr) = run(chaos_user().arg("recover"));
+    assert!(status.success(), "recover: {stdout} {stderr}");
+    for sleeper in ["sleep 654", "sleep 655", "sleep 656"] {
+        assert_eq!(processes_running(sleeper), Vec::<u32>::new(), "{sleeper}");
+    }
+    nothing_of_the_experiment_left(1);
+}

@@ -307,18 +307,25 @@ pub fn check_guardrails(mount: &Path, target: &Cgroup, force: bool) -> Result<()
     Ok(())
 }
 
-/// Makes the transient cgroup of `run` (and of an experiment's target command) below
-/// chaos-user's own, so that what runs in it stays under the limits its caller runs under;
-/// in the undo log before it exists. Returns it and its entry.
+/// Makes the transient cgroup of `run` (and of an experiment's target command or services,
+/// told apart by `suffix`) below chaos-user's own, so that what runs in it stays under the
+/// limits its caller runs under; in the undo log before it exists, with whether undoing it
+/// kills what is left in it (`kill`: an experiment's, whose processes are its own) or waits
+/// for them (`run`'s command outlives a killed injector). Returns it and its entry.
 pub fn make_run_cgroup(
     mount: &Path,
     undo: &mut crate::undo::UndoLog,
+    suffix: &str,
+    kill: bool,
 ) -> anyhow::Result<(Cgroup, crate::undo::Entry)> {
     let own = Cgroup::of_process(mount, "self")?;
     let path = own
         .path
-        .join(format!("{RUN_CGROUP_PREFIX}{}", std::process::id()));
-    let entry = crate::undo::Entry::Cgroup { path: path.clone() };
+        .join(format!("{RUN_CGROUP_PREFIX}{}{suffix}", std::process::id()));
+    let entry = crate::undo::Entry::Cgroup {
+        path: path.clone(),
+        kill,
+    };
     undo.push(entry.clone())?;
     create(&path)?;
     let made = Cgroup::resolve(mount, &path.to_string_lossy());
@@ -395,6 +402,21 @@ impl JoinOnStart {
             Ok(())
         }
     }
+}
+
+/// Kills every process in a cgroup and below it (`cgroup.kill`, or SIGKILL one by one before
+/// Linux 5.14); returns how many there were. Only for cgroups chaos-user made for processes it
+/// started.
+pub fn kill_all(cgroup: &Path) -> usize {
+    let pids = processes_below(cgroup);
+    if !pids.is_empty() && fs::write(cgroup.join("cgroup.kill"), "1").is_err() {
+        for &pid in &pids {
+            // SAFETY: kill(2) on a process in a cgroup that chaos-user made for the processes
+            // it started; nothing else is put there.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    pids.len()
 }
 
 /// The processes of a cgroup and of every cgroup below it.

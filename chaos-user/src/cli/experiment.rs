@@ -68,14 +68,21 @@ impl experiment::Observer for Observer {
         );
     }
 
+    fn check(&mut self, faults: &[crate::spec::FaultSpec]) -> Result<()> {
+        super::check_paths(faults)
+    }
+
     fn progress(&mut self, line: &str) {
         if !self.terminal {
             return;
         }
         use std::io::Write as _;
         let mut err = std::io::stderr().lock();
-        // One line, cut to the terminal's usual width, rewritten in place.
-        let line: String = line.chars().take(118).collect();
+        // One line, cut to the terminal's width, rewritten in place.
+        let line: String = line
+            .chars()
+            .take(terminal_width().saturating_sub(3))
+            .collect();
         let _w = write!(err, "\r\x1b[K  {line}");
         let _f = err.flush();
         self.shown = true;
@@ -89,7 +96,7 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
         .iter()
         .flat_map(|p| p.faults.iter().map(|(_, f)| f.clone()))
         .collect();
-    super::check_paths(&faults)?;
+
     // A report that cannot be written is known now, not after the whole run.
     for (option, path) in [
         ("--json", &args.json),
@@ -162,4 +169,17 @@ fn run(args: &ExperimentRunArgs) -> Result<i32> {
         record.write_html(path)?;
     }
     Ok(if record.passed { 0 } else { 1 })
+}
+
+/// The width of the terminal on stderr, 80 when unknown.
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills in the winsize it is given, and nothing else.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0 {
+            usize::from(size.ws_col)
+        } else {
+            80
+        }
+    }
 }

@@ -269,7 +269,7 @@ enum ExperimentCommand {
     /// faults for its duration, judge the verifiers, and write the record.
     #[command(after_help = "\
 Examples:
-  sudo chaos-user experiment run examples/nginx-backend-refused.toml
+    sudo chaos-user experiment run examples/nginx-backend-refused/scenario.toml
   sudo chaos-user experiment run scenario.toml --json run.json --junit junit.xml \\
        --html run.html
 

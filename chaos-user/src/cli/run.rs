@@ -52,7 +52,7 @@ pub(super) fn main(args: RunArgs) -> Result<i32> {
     loader::check_ready()?;
 
     let mut undo = UndoLog::new()?;
-    let (target, entry) = cgroup::make_run_cgroup(&mount, &mut undo)?;
+    let (target, entry) = cgroup::make_run_cgroup(&mount, &mut undo, "", false)?;
     let path = target.path.clone();
     let result = run_in(&args, duration, faults, &program, target, &mut undo);
     // Whatever path led here, nothing of the session's may stay behind but the cgroup.

@@ -65,6 +65,7 @@ pub struct Metrics {
     fault_matched: Family<FaultLabels, Gauge>,
     fault_injected: Family<FaultLabels, Gauge>,
     fault_passed: Family<FaultLabels, Gauge>,
+    fault_expired: Family<FaultLabels, Gauge>,
 }
 
 /// The system gauges: name and help, in the order of [`Metrics::system`].
@@ -165,6 +166,12 @@ impl Metrics {
             "What each fault injected",
             fault_injected.clone(),
         );
+        let fault_expired = Family::<FaultLabels, Gauge>::default();
+        registry.register(
+            "chaos_fault_expired",
+            "What each fault matched after its deadline (matched = injected + passed + expired)",
+            fault_expired.clone(),
+        );
         let fault_passed = Family::<FaultLabels, Gauge>::default();
         registry.register(
             "chaos_fault_passed",
@@ -182,6 +189,7 @@ impl Metrics {
             fault_matched,
             fault_injected,
             fault_passed,
+            fault_expired,
         }
     }
 
@@ -272,6 +280,7 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(v(c.injected));
                 self.fault_passed.get_or_create(&labels).set(v(c.passed));
+                self.fault_expired.get_or_create(&labels).set(v(c.expired));
             }
         }
     }

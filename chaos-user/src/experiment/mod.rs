@@ -52,6 +52,9 @@ pub trait Observer {
     fn phase_started(&mut self, index: usize, phase: &scenario::Phase);
     /// How the run stands, every half second: the phase, the time left, live counters.
     fn progress(&mut self, line: &str);
+    /// Checks one phase's faults against this machine before anything starts (paths that
+    /// must exist, a file to damage), once the run's own directory exists.
+    fn check(&mut self, faults: &[crate::spec::FaultSpec]) -> Result<()>;
 }
 
 /// Runs a checked scenario to its end; the record says what happened. Nothing of the
@@ -63,22 +66,30 @@ pub fn run(
 ) -> Result<record::Record> {
     let mut undo = UndoLog::new()?;
     let mut started = Started::default();
-    std::fs::create_dir(&scenario.tmp)
-        .with_context(|| format!("create {}", scenario.tmp.display()))?;
+    let dir = Entry::RunDir {
+        path: scenario.tmp.clone(),
+    };
+    undo.push(dir.clone())?;
+    if let Err(e) = std::fs::create_dir(&scenario.tmp) {
+        undo.forget(&dir)?;
+        return Err(e).with_context(|| format!("create {}", scenario.tmp.display()));
+    }
     let result = run_with(scenario, observer, metrics, &mut undo, &mut started);
     let stopped = started.stop(&mut undo);
-    undo.undo_where(|_| true)?;
-    std::fs::remove_dir_all(&scenario.tmp)
-        .with_context(|| format!("remove {}", scenario.tmp.display()))?;
+    // The run's own directory goes last, with the logs in it.
+    undo.undo_where(|e| e != &dir)?;
+    undo.undo(&dir)?;
     let record = result?;
     stopped?;
     Ok(record)
 }
 
-/// The processes the experiment started and the cgroup it made, to stop and remove at the end.
+/// The processes the experiment started and the cgroups it made for them, to stop and remove
+/// at the end: the target command in its cgroup, the services in another.
 #[derive(Default)]
 struct Started {
     services: Vec<(String, Child)>,
+    services_cgroup: Option<(PathBuf, Entry)>,
     target: Option<Child>,
     cgroup: Option<(PathBuf, Entry)>,
 }
@@ -96,8 +107,66 @@ impl Started {
         for (_, child) in &mut self.services {
             stop_child(child);
         }
+        if let Some((path, entry)) = &self.services_cgroup {
+            empty_cgroup(path);
+            undo.undo(entry)?;
+        }
         Ok(())
     }
+
+    /// Why the run cannot go on: the target command's cgroup is empty, or a service exited.
+    fn gone(&mut self, tmp: &Path) -> Option<String> {
+        if let (Some(child), Some((path, _))) = (&mut self.target, &self.cgroup) {
+            if cgroup::processes_below(path).is_empty() {
+                let status = child
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map_or_else(String::new, |s| format!(" ({s})"));
+                return Some(format!(
+                    "the target command exited{status}{}",
+                    last_words(tmp, "target")
+                ));
+            }
+        }
+        for (name, child) in &mut self.services {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(format!(
+                    "service `{name}` exited ({status}){}",
+                    last_words(tmp, name)
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The last line a started command wrote, from its log in the run's directory.
+fn last_words(tmp: &Path, name: &str) -> String {
+    std::fs::read_to_string(log_file(tmp, name))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+        .map_or_else(String::new, |l| format!("; its last words: {}", l.trim()))
+}
+
+/// Where the output of the target command or of a service goes.
+fn log_file(tmp: &Path, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    tmp.join(format!("{safe}.log"))
 }
 
 /// SIGTERM, then SIGKILL after 5 s, to a child of ours, and reaps it.
@@ -122,35 +191,31 @@ fn stop_child(child: &mut Child) {
 fn empty_cgroup(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let pids = cgroup::processes_below(path);
-        if pids.is_empty() {
+        if cgroup::kill_all(path) == 0 {
             return;
-        }
-        if std::fs::write(path.join("cgroup.kill"), "1").is_err() {
-            for pid in pids {
-                // SAFETY: kill(2) on a process in the cgroup this experiment made for its
-                // target command; nothing else is put there.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// Starts a command outside the target, killed with chaos-user if chaos-user dies.
-fn spawn(argv: &[String], join: Option<&cgroup::JoinOnStart>) -> Result<Child> {
+/// Starts a command in a cgroup the experiment made, its output in `log`; it gets SIGTERM
+/// if chaos-user dies, and `recover` kills what is left of it.
+fn spawn(argv: &[String], join: &cgroup::JoinOnStart, log: &Path) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let hook = join.map(cgroup::JoinOnStart::hook);
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let hook = join.hook();
     // SAFETY: runs between fork and exec and only calls write(2) (in the hook) and prctl(2).
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(hook) = &hook {
-                hook()?;
-            }
+            hook()?;
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -160,24 +225,40 @@ fn spawn(argv: &[String], join: Option<&cgroup::JoinOnStart>) -> Result<Child> {
     cmd.spawn().with_context(|| format!("start {}", argv[0]))
 }
 
+/// Waits until `addr` accepts connections; fails when `what` exits first, the time is up,
+/// or a signal comes.
 fn wait_ready(
     what: &str,
     child: Option<&mut Child>,
     addr: std::net::SocketAddr,
     timeout: Duration,
+    observer: &mut dyn Observer,
+    tmp: &Path,
+    log: &str,
 ) -> Result<()> {
-    if probe::wait_ready(addr, timeout) {
-        return Ok(());
-    }
-    let exited = child.and_then(|c| c.try_wait().ok().flatten());
-    match exited {
-        Some(status) => {
-            anyhow::bail!("{what} exited ({status}) before it accepted connections on {addr}")
+    let deadline = Instant::now() + timeout;
+    let mut child = child;
+    loop {
+        if probe::connects(addr) {
+            return Ok(());
         }
-        None => anyhow::bail!(
-            "{what} did not accept connections on {addr} within {}",
-            humantime::format_duration(timeout)
-        ),
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            anyhow::bail!(
+                "{what} exited ({status}) before it accepted connections on {addr}{}",
+                last_words(tmp, log)
+            );
+        }
+        if observer.interrupted() {
+            anyhow::bail!("interrupted while waiting for {what} to accept connections on {addr}");
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "{what} did not accept connections on {addr} within {}{}",
+                humantime::format_duration(timeout),
+                last_words(tmp, log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -212,33 +293,50 @@ fn run_with(
         })
         .collect();
 
-    for service in &scenario.services {
-        let child =
-            spawn(&service.command, None).with_context(|| format!("service `{}`", service.name))?;
-        started.services.push((service.name.clone(), child));
-        if let Some(addr) = service.ready {
-            let child = started.services.last_mut().map(|(_, c)| c);
-            wait_ready(
-                &format!("service `{}`", service.name),
-                child,
-                addr,
-                service.ready_timeout,
-            )?;
+    for phase in &scenario.phases {
+        let faults: Vec<_> = phase.faults.iter().map(|(_, f)| f.clone()).collect();
+        observer
+            .check(&faults)
+            .with_context(|| format!("phase `{}`", phase.name))?;
+    }
+    let mount = cgroup::mount_point()?;
+    if let TargetKind::Cgroup(name) = &scenario.target.kind {
+        let target = Cgroup::resolve(&mount, name).context("target.cgroup")?;
+        cgroup::check_guardrails(&mount, &target, scenario.target.force)
+            .context("target.cgroup (`force = true` in [target] allows it)")?;
+    }
+    if !scenario.services.is_empty() {
+        let (group, entry) = cgroup::make_run_cgroup(&mount, undo, "-services", true)?;
+        started.services_cgroup = Some((group.path.clone(), entry));
+        let join = cgroup::JoinOnStart::new(&group.path, &[])?;
+        for service in &scenario.services {
+            let log = log_file(&scenario.tmp, &service.name);
+            let child = spawn(&service.command, &join, &log)
+                .with_context(|| format!("service `{}`", service.name))?;
+            started.services.push((service.name.clone(), child));
+            if let Some(addr) = service.ready {
+                let child = started.services.last_mut().map(|(_, c)| c);
+                wait_ready(
+                    &format!("service `{}`", service.name),
+                    child,
+                    addr,
+                    service.ready_timeout,
+                    observer,
+                    &scenario.tmp,
+                    &service.name,
+                )?;
+            }
         }
     }
 
-    let mount = cgroup::mount_point()?;
     let target = match &scenario.target.kind {
-        TargetKind::Cgroup(name) => {
-            let target = Cgroup::resolve(&mount, name).context("target.cgroup")?;
-            cgroup::check_guardrails(&mount, &target, scenario.target.force)?;
-            target
-        }
+        TargetKind::Cgroup(name) => Cgroup::resolve(&mount, name).context("target.cgroup")?,
         TargetKind::Command(argv) => {
-            let (cgroup, entry) = cgroup::make_run_cgroup(&mount, undo)?;
+            let (cgroup, entry) = cgroup::make_run_cgroup(&mount, undo, "", true)?;
             started.cgroup = Some((cgroup.path.clone(), entry));
             let join = cgroup::JoinOnStart::new(&cgroup.path, &[])?;
-            started.target = Some(spawn(argv, Some(&join)).context("target.command")?);
+            let log = log_file(&scenario.tmp, "target");
+            started.target = Some(spawn(argv, &join, &log).context("target.command")?);
             cgroup
         }
     };
@@ -248,7 +346,13 @@ fn run_with(
             started.target.as_mut(),
             addr,
             scenario.target.ready_timeout,
+            observer,
+            &scenario.tmp,
+            "target",
         )?;
+    }
+    if let Some(why) = started.gone(&scenario.tmp) {
+        anyhow::bail!("{why}, before the first phase");
     }
 
     let zero = Instant::now();
@@ -271,6 +375,9 @@ fn run_with(
 
     for (index, phase) in scenario.phases.iter().enumerate() {
         let faults: Vec<_> = phase.faults.iter().map(|(_, f)| f.clone()).collect();
+        if let Ok(mut c) = current.lock() {
+            c.clone_from(&phase.name);
+        }
         let mut session = if faults.is_empty() {
             None
         } else {
@@ -279,7 +386,9 @@ fn run_with(
                 Session::start(
                     Some(target.clone()),
                     faults,
-                    Deadline::At(phase.duration),
+                    // Renewed each tick and ended by the stop at the phase's end, so that the
+                    // faults last exactly as long as the phase's window.
+                    Deadline::Lease,
                     undo,
                 )
                 .with_context(|| format!("phase `{}`", phase.name))?,
@@ -292,9 +401,6 @@ fn run_with(
                 .checked_sub(1)
                 .map(|i| scenario.phases[i].name.as_str());
             m.phase(previous, &phase.name);
-        }
-        if let Ok(mut c) = current.lock() {
-            c.clone_from(&phase.name);
         }
         let mut next_progress = Instant::now();
         let begin = Instant::now();
@@ -319,6 +425,14 @@ fn run_with(
                 reason = EndReason::TargetGone;
                 break;
             }
+            if let Some(why) = started.gone(&scenario.tmp) {
+                aborted = Some(Aborted {
+                    phase: phase.name.clone(),
+                    reason: why,
+                });
+                reason = EndReason::Aborted;
+                break;
+            }
             if let (Some(a), Some(i)) = (&scenario.abort, abort_probe) {
                 let now = since(Instant::now());
                 let recent = probes.samples(i);
@@ -338,6 +452,7 @@ fn run_with(
                             a.failure_rate * 100.0
                         ),
                     });
+                    reason = EndReason::Aborted;
                     break;
                 }
             }
@@ -412,8 +527,17 @@ fn run_with(
         }
         match verifier {
             Verifier::Integrity {
-                command, expect, ..
-            } => verdicts.push(integrity(command.as_deref(), expect.as_deref(), &before[i])),
+                command,
+                expect,
+                timeout,
+                ..
+            } => verdicts.push(integrity(
+                command.as_deref(),
+                expect.as_deref(),
+                *timeout,
+                &before[i],
+                observer,
+            )),
             Verifier::NothingLeft => verdicts.push(nothing_left(undo, started)),
             _ => {}
         }
@@ -474,30 +598,29 @@ fn progress_line(
 fn integrity(
     command: Option<&[String]>,
     expect: Option<&str>,
+    timeout: Duration,
     before: &[(PathBuf, Option<String>)],
+    observer: &mut dyn Observer,
 ) -> Verdict {
     let mut problems = Vec::new();
     let mut checked = Vec::new();
     for (file, sum) in before {
-        let now = checksum(file);
         checked.push(file.display().to_string());
-        if now != *sum {
-            problems.push(format!("{} changed", file.display()));
+        match (sum, checksum(file)) {
+            (None, _) => problems.push(format!("{} could not be read before", file.display())),
+            (Some(_), None) => problems.push(format!("{} cannot be read", file.display())),
+            (Some(a), Some(b)) if a != &b => problems.push(format!("{} changed", file.display())),
+            _ => {}
         }
     }
     if let Some(argv) = command {
         checked.push(format!("`{}`", argv.join(" ")));
-        match Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .output()
-        {
-            Err(e) => problems.push(format!("cannot run {}: {e}", argv[0])),
-            Ok(out) => {
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                if !out.status.success() {
-                    problems.push(format!("`{}` {}", argv[0], out.status));
-                } else if let Some(want) = expect {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut interrupted = || observer.interrupted();
+        match probe::run_bounded(argv, timeout, &stop, true, Some(&mut interrupted)) {
+            Err(e) => problems.push(format!("`{}` {e}", argv[0])),
+            Ok(stdout) => {
+                if let Some(want) = expect {
                     if !stdout.contains(want) {
                         let got = stdout.lines().next().unwrap_or("").trim().to_string();
                         problems.push(format!("`{}` printed `{got}`, not `{want}`", argv[0]));
@@ -531,7 +654,7 @@ fn integrity(
 }
 
 /// The nothing-left verifier, after the last session: no BPF object held by this process and
-/// nothing in its undo log but the target command's cgroup.
+/// nothing in its undo log but the experiment's own cgroups and directory.
 fn nothing_left(undo: &UndoLog, started: &Started) -> Verdict {
     let held: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .into_iter()
@@ -541,11 +664,16 @@ fn nothing_left(undo: &UndoLog, started: &Started) -> Verdict {
         .map(|l| l.to_string_lossy().into_owned())
         .filter(|l| l.starts_with("anon_inode:bpf"))
         .collect();
-    let ours = started.cgroup.as_ref().map(|(_, e)| e);
+    // The experiment's own cgroups and directory go at its very end, not with the faults.
+    let own: Vec<&Entry> = [&started.cgroup, &started.services_cgroup]
+        .into_iter()
+        .flatten()
+        .map(|(_, e)| e)
+        .collect();
     let entries: Vec<String> = undo
         .entries()
         .iter()
-        .filter(|e| Some(*e) != ours)
+        .filter(|e| !own.contains(e) && !matches!(e, Entry::RunDir { .. }))
         .map(ToString::to_string)
         .collect();
     let passed = held.is_empty() && entries.is_empty();

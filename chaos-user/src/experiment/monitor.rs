@@ -125,9 +125,14 @@ struct Sampler {
 
 impl Sampler {
     fn new(target: Cgroup) -> Sampler {
+        // CPU usage is a difference between two readings: the first is taken now, and the
+        // first sample waits the least time that makes the difference mean something.
+        let mut system = sysinfo::System::new();
+        system.refresh_cpu_usage();
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
         Sampler {
             target,
-            system: sysinfo::System::new(),
+            system,
             networks: sysinfo::Networks::new_with_refreshed_list(),
             disks: sysinfo::Disks::new_with_refreshed_list(),
             base: None,

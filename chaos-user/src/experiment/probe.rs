@@ -110,7 +110,11 @@ fn sample_until(
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let began = Instant::now();
-        let result = check(&agent, &probe.check, probe.timeout);
+                let result = check(&agent, &probe.check, probe.timeout, stop);
+        if stop.load(Ordering::Relaxed) {
+            // Cut short by the end of the run: not a sample of the service.
+            break;
+        }
         let sample = Sample {
             at_ms: began.duration_since(start).as_millis() as u64,
             ok: result.is_ok(),
@@ -134,18 +138,29 @@ fn sample_until(
 }
 
 /// Runs a check once; the error says what failed.
-fn check(agent: &ureq::Agent, check: &Check, timeout: Duration) -> Result<(), String> {
+fn check(
+    agent: &ureq::Agent,
+    check: &Check,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     match check {
         Check::Tcp(addr) => tcp(*addr, timeout),
         Check::Http { url, status, body } => {
-            let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
+            let mut response = agent.get(url).call().map_err(|e| match e {
+                ureq::Error::Timeout(_) => {
+                    format!("no answer within {}", humantime::format_duration(timeout))
+                }
+                e => e.to_string(),
+            })?;
             let got = response.status().as_u16();
             let status_ok = match status {
                 Some(want) => got == *want,
                 None => (200..300).contains(&got),
             };
             if !status_ok {
-                return Err(format!("status {got}"));
+                let want = status.map_or_else(|| "2xx".to_string(), |w| w.to_string());
+                return Err(format!("status {got}, not {want}"));
             }
             if let Some(want) = body {
                 let text = response
@@ -158,7 +173,7 @@ fn check(agent: &ureq::Agent, check: &Check, timeout: Duration) -> Result<(), St
             }
             Ok(())
         }
-        Check::Command(argv) => command(argv, timeout),
+        Check::Command(argv) => run_bounded(argv, timeout, stop, false, None).map(drop),
     }
 }
 
@@ -168,43 +183,72 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Runs a command to its end or its timeout (then kills it); exit status 0 is healthy.
-pub fn command(argv: &[String], timeout: Duration) -> Result<(), String> {
+/// Runs a command to its end, its timeout or `stop` (then kills it, with every process it
+/// started: it leads a process group of its own); exit status 0 is healthy. With `capture`,
+/// returns what it printed on stdout. `interrupted` is asked too, when given.
+pub fn run_bounded(
+    argv: &[String],
+    timeout: Duration,
+    stop: &AtomicBool,
+    capture: bool,
+    mut interrupted: Option<&mut dyn FnMut() -> bool>,
+) -> Result<String, String> {
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if capture {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
-        .map_err(|e| format!("start {}: {e}", argv[0]))?;
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let reader = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _read = std::io::Read::read_to_string(&mut out, &mut text);
+            text
+        })
+    });
     let deadline = Instant::now() + timeout;
-    loop {
+    let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("exited with {status}")),
-            Ok(None) if Instant::now() >= deadline => {
-                // Ours, not yet reaped: its PID cannot belong to another process.
-                let _killed = child.kill();
-                let _reaped = child.wait();
-                return Err(format!(
-                    "no answer within {}",
-                    humantime::format_duration(timeout)
-                ));
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {
+                let asked = interrupted.as_mut().is_some_and(|f| f());
+                let why = if stop.load(Ordering::Relaxed) || asked {
+                    Some("stopped: the experiment ended".to_string())
+                } else if Instant::now() >= deadline {
+                    Some(format!(
+                        "no answer within {}",
+                        humantime::format_duration(timeout)
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    // SAFETY: kill(2) on the process group of our own child, which leads it
+                    // and is not yet reaped, so the group id is still its.
+                    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                    let _reaped = child.wait();
+                    break Err(why);
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => break Err(e.to_string()),
         }
+    };
+    let stdout = reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    match status? {
+        s if s.success() => Ok(stdout),
+        s => Err(format!("exited with {s}")),
     }
 }
 
-/// Waits until `addr` accepts a TCP connection, for at most `timeout`.
-pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if tcp(addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+/// Whether `addr` accepts a TCP connection now.
+pub fn connects(addr: SocketAddr) -> bool {
+    tcp(addr, Duration::from_millis(200)).is_ok()
 }

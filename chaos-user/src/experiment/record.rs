@@ -232,7 +232,9 @@ impl Record {
                 (phase.window.end_ms - phase.window.start_ms) as f64 / 1000.0
             );
             for probe in &self.probes {
-                if let Some(s) = probe.phases.get(i) {
+                if probe.phases.get(i).is_some_and(|s| s.stats.samples == 0) {
+                    let _w = writeln!(out, "    {:<12} no samples", probe.name);
+                } else if let Some(s) = probe.phases.get(i) {
                     let _w = writeln!(
                         out,
                         "    {:<12} {:>5.1}% healthy of {:<4} p50 {:>7.1} ms  p99 {:>7.1} ms",

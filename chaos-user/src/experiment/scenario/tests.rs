@@ -183,7 +183,7 @@ fn errors_name_the_line_and_the_key() {
     ));
     assert!(e.contains("integrity.expect"), "{e}");
 
-    let nine = vec!["\"loss:p=0.1\""; 9].join(", ");
+    let nine = ["\"loss:p=0.1\""; 9].join(", ");
     let e = err(&GOOD.replace(
         "faults = [\"connect:dep=db,errno=ECONNREFUSED\", \"loss:dep=cache,p=0.5\"]",
         &format!("faults = [{nine}]"),
