@@ -492,7 +492,7 @@ impl Session {
         if let Some(g) = self.v1.iter().find(|g| g.controller == controller) {
             return Ok(g.path.clone());
         }
-        let origins = target_origins(target, &mount, controller, None);
+        let origins = target_origins(target, &mount, controller, None, &self.stressor_pids());
         let parent = if origins.is_empty() {
             let own = v1::group_of(&mount, controller, std::process::id() as i32);
             own.unwrap_or_else(|| mount.clone())
@@ -539,6 +539,7 @@ impl Session {
     /// origin in the undo log before the move. A process that cannot be moved is left where it
     /// is, with a warning.
     fn keep_v1_groups(&mut self, undo: &mut UndoLog) -> anyhow::Result<()> {
+        let stressors = self.stressor_pids();
         let Some(target) = &self.target else {
             return Ok(());
         };
@@ -546,7 +547,7 @@ impl Session {
             let Entry::Moved { group, origins } = &g.entry else {
                 continue;
             };
-            let came = target_origins(target, &g.mount, g.controller, Some(&g.path));
+            let came = target_origins(target, &g.mount, g.controller, Some(&g.path), &stressors);
             let forked: Vec<(i32, std::path::PathBuf)> = crate::cgroup::v1::procs(&g.path)
                 .into_iter()
                 .filter(|pid| !origins.iter().any(|(p, _)| p == pid))
@@ -572,6 +573,14 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The PIDs of the session's stressors.
+    fn stressor_pids(&self) -> Vec<i32> {
+        self.stressors
+            .iter()
+            .flat_map(|(_, children, _)| children.iter().map(|c| c.id() as i32))
+            .collect()
     }
 
     /// The session's own v1 groups, which a command started in the target joins too.
@@ -1147,18 +1156,18 @@ fn move_in(group: &std::path::Path, pid: i32, controller: &str) -> anyhow::Resul
     })
 }
 
-/// The target's processes and the v1 group each is in, leaving out chaos-user's own children
-/// (its stressors) and those already in `except`.
+/// The target's processes and the v1 group each is in, leaving out the session's stressors
+/// (`skip`) and those already in `except`.
 fn target_origins(
     target: &Cgroup,
     mount: &std::path::Path,
     controller: &str,
     except: Option<&std::path::Path>,
+    skip: &[i32],
 ) -> Vec<(i32, std::path::PathBuf)> {
-    let own = std::process::id() as i32;
     crate::cgroup::processes_below(&target.path)
         .into_iter()
-        .filter(|&pid| crate::cgroup::v1::parent_pid(pid) != Some(own))
+        .filter(|pid| !skip.contains(pid))
         .filter_map(|pid| Some((pid, crate::cgroup::v1::group_of(mount, controller, pid)?)))
         .filter(|(_, group)| Some(group.as_path()) != except)
         .collect()

@@ -265,6 +265,74 @@ fn nginx_keeps_its_health_and_fails_fast_while_its_backend_refuses() {
     nothing_of_the_experiment_left(18080);
 }
 
+#[test]
+fn redis_under_a_cpu_quota_keeps_its_clients_and_gets_its_cpu_back() {
+    if !root_or_skip() {
+        return;
+    }
+    if !Path::new("/usr/bin/redis-server").exists()
+        || !Path::new("/usr/bin/redis-benchmark").exists()
+    {
+        skip(
+            "redis-server and redis-benchmark (Debian's redis-server; `cargo xtask setup` installs it)",
+        );
+        return;
+    }
+    let out = Scratch::new("redis");
+    let json = out.0.join("run.json");
+    let scenario = example("redis-cpu-throttle");
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "experiment".as_ref(),
+        "run".as_ref(),
+        scenario.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]));
+    println!("{stdout}\n{stderr}");
+    assert_eq!(status.code(), Some(0), "{stdout} {stderr}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the record")).expect("JSON");
+    assert_schema(&record);
+    // The target's CPU share per phase, from the monitor's cgroup samples.
+    let share = |phase: usize| -> f64 {
+        let w = &record["phases"][phase];
+        let (from, to) = (
+            w["start_ms"].as_u64().expect("start"),
+            w["end_ms"].as_u64().expect("end"),
+        );
+        let inside: Vec<(u64, u64)> = record["monitor"]
+            .as_array()
+            .expect("monitor")
+            .iter()
+            .map(|m| {
+                (
+                    m["at_ms"].as_u64().unwrap_or(0),
+                    m["target"]["cpu_usec"].as_u64().unwrap_or(0),
+                )
+            })
+            .filter(|(at, _)| *at >= from + 300 && *at <= to)
+            .collect();
+        let (first, last) = (
+            inside.first().expect("samples"),
+            inside.last().expect("samples"),
+        );
+        (last.1 - first.1) as f64 / ((last.0 - first.0) as f64 * 1000.0)
+    };
+    let (before, squeezed, after) = (share(0), share(1), share(2));
+    println!("redis used {before:.3}, {squeezed:.3}, {after:.3} CPUs");
+    assert!(before > 0.15, "loaded before: {before:.3}");
+    assert!(
+        (0.02..0.09).contains(&squeezed),
+        "near the 5% quota: {squeezed:.3}"
+    );
+    assert!(after > 0.15, "its CPU back after: {after:.3}");
+    // The four clients of the load stayed connected all along.
+    for m in record["monitor"].as_array().expect("monitor") {
+        assert_eq!(m["target"]["tcp_connections"]["Established"], 4, "{m}");
+    }
+    nothing_of_the_experiment_left(16379);
+}
+
 /// A scenario with a target that sleeps, and the rest given.
 fn sleeper_scenario(rest: &str) -> String {
     format!("[target]\ncommand = [\"/bin/sleep\", \"60\"]\n\n{rest}",)

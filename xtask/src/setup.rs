@@ -28,6 +28,7 @@ const APT_TOOLS: &[&str] = &[
     "sqlite3",
     "python3",
     "nginx-light",
+    "redis-server",
 ];
 
 enum Route {

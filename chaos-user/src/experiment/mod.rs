@@ -262,6 +262,51 @@ fn wait_ready(
     }
 }
 
+/// Starts the services that come before the target (`after_target` false) or after it, in
+/// the cgroup of the experiment's services, each waited for when it has `ready`.
+fn start_services(
+    scenario: &Scenario,
+    after_target: bool,
+    mount: &Path,
+    undo: &mut UndoLog,
+    started: &mut Started,
+    observer: &mut dyn Observer,
+) -> Result<()> {
+    for service in scenario
+        .services
+        .iter()
+        .filter(|s| s.after_target == after_target)
+    {
+        if started.services_cgroup.is_none() {
+            let (group, entry) = cgroup::make_run_cgroup(mount, undo, "-services", true)?;
+            started.services_cgroup = Some((group.path.clone(), entry));
+        }
+        let group = started
+            .services_cgroup
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .expect("made above");
+        let join = cgroup::JoinOnStart::new(&group, &[])?;
+        let log = log_file(&scenario.tmp, &service.name);
+        let child = spawn(&service.command, &join, &log)
+            .with_context(|| format!("service `{}`", service.name))?;
+        started.services.push((service.name.clone(), child));
+        if let Some(addr) = service.ready {
+            let child = started.services.last_mut().map(|(_, c)| c);
+            wait_ready(
+                &format!("service `{}`", service.name),
+                child,
+                addr,
+                service.ready_timeout,
+                observer,
+                &scenario.tmp,
+                &service.name,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// SHA-256 of a file, in hex; None when it cannot be read.
 fn checksum(path: &Path) -> Option<String> {
     let bytes = std::fs::read(path).ok()?;
@@ -305,30 +350,7 @@ fn run_with(
         cgroup::check_guardrails(&mount, &target, scenario.target.force)
             .context("target.cgroup (`force = true` in [target] allows it)")?;
     }
-    if !scenario.services.is_empty() {
-        let (group, entry) = cgroup::make_run_cgroup(&mount, undo, "-services", true)?;
-        started.services_cgroup = Some((group.path.clone(), entry));
-        let join = cgroup::JoinOnStart::new(&group.path, &[])?;
-        for service in &scenario.services {
-            let log = log_file(&scenario.tmp, &service.name);
-            let child = spawn(&service.command, &join, &log)
-                .with_context(|| format!("service `{}`", service.name))?;
-            started.services.push((service.name.clone(), child));
-            if let Some(addr) = service.ready {
-                let child = started.services.last_mut().map(|(_, c)| c);
-                wait_ready(
-                    &format!("service `{}`", service.name),
-                    child,
-                    addr,
-                    service.ready_timeout,
-                    observer,
-                    &scenario.tmp,
-                    &service.name,
-                )?;
-            }
-        }
-    }
-
+    start_services(scenario, false, &mount, undo, started, observer)?;
     let target = match &scenario.target.kind {
         TargetKind::Cgroup(name) => Cgroup::resolve(&mount, name).context("target.cgroup")?,
         TargetKind::Command(argv) => {
@@ -351,6 +373,7 @@ fn run_with(
             "target",
         )?;
     }
+    start_services(scenario, true, &mount, undo, started, observer)?;
     if let Some(why) = started.gone(&scenario.tmp) {
         anyhow::bail!("{why}, before the first phase");
     }

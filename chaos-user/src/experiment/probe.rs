@@ -110,7 +110,7 @@ fn sample_until(
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let began = Instant::now();
-                let result = check(&agent, &probe.check, probe.timeout, stop);
+        let result = check(&agent, &probe.check, probe.timeout, stop);
         if stop.load(Ordering::Relaxed) {
             // Cut short by the end of the run: not a sample of the service.
             break;

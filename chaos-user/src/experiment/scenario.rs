@@ -85,6 +85,8 @@ struct RawService {
     command: Vec<String>,
     ready: Option<Spanned<String>>,
     ready_timeout: Option<Dur>,
+    #[serde(default)]
+    after_target: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +190,8 @@ pub struct Service {
     pub command: Vec<String>,
     pub ready: Option<SocketAddr>,
     pub ready_timeout: Duration,
+    /// Started once the target is ready (a load generator), not before it (a dependency).
+    pub after_target: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -462,6 +466,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 .map(|r| addr(r, "services.ready"))
                 .transpose()?,
             ready_timeout: s.ready_timeout.map_or(READY_TIMEOUT, |d| d.0),
+            after_target: s.after_target,
         });
     }
 
