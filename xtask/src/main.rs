@@ -1,9 +1,10 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | vm`.
 #![allow(
     clippy::print_stdout,
     reason = "a command-line tool: its output is the point"
 )]
 
+mod bench;
 mod demo;
 mod privileged;
 mod setup;
@@ -52,6 +53,26 @@ enum Task {
     /// Set up, build, and show loss on a real workload in a fresh cgroup next to the same
     /// workload outside it.
     Demo,
+    /// Set up, build (release), and measure what the injector costs, how exact it is and how
+    /// fast it reacts, next to no injector and to iptables; writes bench/RESULTS.md and
+    /// bench/results.json.
+    Bench {
+        /// Fewer and shorter rounds: checks that the bench runs; its figures are not for keeping.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The bench, once built and as root (used by `bench` through sudo).
+    #[command(hide = true)]
+    BenchAsRoot {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// A workload of the bench, run inside the target cgroup.
+    #[command(hide = true)]
+    BenchLoad {
+        #[arg(num_args = 1.., allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a command as root in a guest booting Debian's packaged kernel (the VM lane). Exits
     /// with the command's status, or 124 when the guest timed out, 125 when it broke, 130 when
     /// interrupted.
@@ -83,6 +104,12 @@ fn main() {
             guest: !no_guest,
         }),
         Task::Demo => demo::run(),
+        Task::Bench { quick } => bench::run(bench::Options { quick }),
+        Task::BenchAsRoot { quick } => bench::as_root(
+            &util::root().join("target/release/chaos-user"),
+            bench::Options { quick },
+        ),
+        Task::BenchLoad { args } => bench::load(&args),
         Task::Privileged(args) => privileged::run(args),
         Task::Vm(args) => vm::run(args),
         Task::DemoAsRoot => demo::demo_as_root(&util::root().join("target/debug/chaos-user")),
