@@ -68,8 +68,14 @@ impl experiment::Observer for Observer {
         );
     }
 
-    fn check(&mut self, faults: &[crate::spec::FaultSpec]) -> Result<()> {
-        super::check_paths(faults)
+        fn check(&mut self, faults: &[crate::spec::FaultSpec]) -> Result<()> {
+        super::check_paths(faults)?;
+        // The kernel's word on the programs the phase needs, before anything starts: a fault
+        // this kernel refuses stops the run here, not in the middle.
+        if !faults.is_empty() {
+            drop(crate::session::Plan::dry(faults)?.load()?);
+        }
+        Ok(())
     }
 
     fn progress(&mut self, line: &str) {
