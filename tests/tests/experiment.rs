@@ -326,9 +326,11 @@ fn redis_under_a_cpu_quota_keeps_its_clients_and_gets_its_cpu_back() {
         "near the 5% quota: {squeezed:.3}"
     );
     assert!(after > 0.15, "its CPU back after: {after:.3}");
-    // The four clients of the load stayed connected all along.
+    // The four clients of the load stayed connected all along (a probe's connection may be
+    // open too at the moment of a sample).
     for m in record["monitor"].as_array().expect("monitor") {
-        assert_eq!(m["target"]["tcp_connections"]["Established"], 4, "{m}");
+        let established = m["target"]["tcp_connections"]["Established"].as_u64();
+        assert!(established >= Some(4), "{m}");
     }
     nothing_of_the_experiment_left(16379);
 }
