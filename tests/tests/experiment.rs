@@ -70,6 +70,24 @@ fn xml_elements(text: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Runs `experiment run FILE --json` into `dir`; checks the exit status and the record's
+/// schema, and returns the record with what was printed.
+fn run_recorded(dir: &Scratch, file: &Path, want: i32) -> (Value, String) {
+    let json = dir.0.join("run.json");
+    let (status, stdout, stderr) = run(chaos_user().args([
+        "experiment".as_ref(),
+        "run".as_ref(),
+        file.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]));
+    assert_eq!(status.code(), Some(want), "{stdout} {stderr}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the record")).expect("JSON");
+    assert_schema(&record);
+    (record, format!("{stdout}\n{stderr}"))
+}
+
 /// Checks a record against the published schema of experiment records.
 fn assert_schema(record: &Value) {
     let path =
@@ -279,20 +297,8 @@ fn redis_under_a_cpu_quota_keeps_its_clients_and_gets_its_cpu_back() {
         return;
     }
     let out = Scratch::new("redis");
-    let json = out.0.join("run.json");
-    let scenario = example("redis-cpu-throttle");
-    let (status, stdout, stderr) = run(chaos_user().args([
-        "experiment".as_ref(),
-        "run".as_ref(),
-        scenario.as_os_str(),
-        "--json".as_ref(),
-        json.as_os_str(),
-    ]));
-    println!("{stdout}\n{stderr}");
-    assert_eq!(status.code(), Some(0), "{stdout} {stderr}");
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("the record")).expect("JSON");
-    assert_schema(&record);
+    let (record, printed) = run_recorded(&out, &example("redis-cpu-throttle"), 0);
+    println!("{printed}");
     // The target's CPU share per phase, from the monitor's cgroup samples.
     let share = |phase: usize| -> f64 {
         let w = &record["phases"][phase];
@@ -428,20 +434,9 @@ window = "500ms"
 "#,
         ),
     );
-    let json = dir.0.join("run.json");
     let started = std::time::Instant::now();
-    let (status, stdout, stderr) = run(chaos_user().args([
-        "experiment".as_ref(),
-        "run".as_ref(),
-        file.as_os_str(),
-        "--json".as_ref(),
-        json.as_os_str(),
-    ]));
-    assert_eq!(status.code(), Some(1), "{stdout} {stderr}");
+    let (record, _) = run_recorded(&dir, &file, 1);
     assert!(started.elapsed() < Duration::from_secs(15), "aborted early");
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("record")).expect("JSON");
-    assert_schema(&record);
     assert_eq!(record["aborted"]["phase"], "first", "{record}");
     assert!(
         record["aborted"]["reason"]
@@ -571,17 +566,7 @@ name = "long"
 duration = "20s"
 "#,
     );
-    let json = dir.0.join("run.json");
-    let (status, stdout, stderr) = run(chaos_user().args([
-        "experiment".as_ref(),
-        "run".as_ref(),
-        file.as_os_str(),
-        "--json".as_ref(),
-        json.as_os_str(),
-    ]));
-    assert_eq!(status.code(), Some(1), "{stdout} {stderr}");
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("record")).expect("JSON");
+    let (record, _) = run_recorded(&dir, &file, 1);
     let reason = record["aborted"]["reason"].as_str().expect("a reason");
     assert!(
         reason.contains("the target command exited") && reason.contains("cannot bind"),

@@ -26,7 +26,10 @@ pub struct Options {
 pub fn run(options: Options) -> Result<i32> {
     setup::run()?;
     // The comparison with iptables; the bench goes on without it where it cannot be had.
-    util::warn_on_err(setup::ensure_apt_packages(&["iptables"]), "install iptables");
+    util::warn_on_err(
+        setup::ensure_apt_packages(&["iptables"]),
+        "install iptables",
+    );
     let chaos_user = util::build_chaos_user(true)?;
     let mut args = vec!["bench-as-root".to_string()];
     if options.quick {

@@ -68,7 +68,7 @@ impl experiment::Observer for Observer {
         );
     }
 
-        fn check(&mut self, faults: &[crate::spec::FaultSpec]) -> Result<()> {
+    fn check(&mut self, faults: &[crate::spec::FaultSpec]) -> Result<()> {
         super::check_paths(faults)?;
         // The kernel's word on the programs the phase needs, before anything starts: a fault
         // this kernel refuses stops the run here, not in the middle.

@@ -278,7 +278,7 @@ Exit status: 0 when every verifier passed, 1 when one failed or the experiment w
 Faults use the grammar of `inject --fault`; `dep=NAME` in a fault stands for the address of
 the dependency NAME. See README.md, \"Experiments\", for the file format.")]
     Run(ExperimentRunArgs),
-        /// Check a scenario file without running anything; the first error found, with its line,
+    /// Check a scenario file without running anything; the first error found, with its line,
     /// column and key.
     #[command(after_help = "\
 Example:

@@ -804,17 +804,7 @@ fn with_dependencies(
     if count("dep") == 0 {
         return Ok(spec.to_string());
     }
-    const WITH_DST: [&str; 8] = [
-        "loss",
-        "delay",
-        "bandwidth",
-        "corrupt",
-        "duplicate",
-        "connect",
-        "reset",
-        "xdp-drop",
-    ];
-    if !WITH_DST.contains(&kind.trim()) {
+    if !crate::spec::keys_of(kind.trim()).contains(&"dst") {
         return Err(format!(
             "`{spec}`: dep= stands for dst= (and dport=), which `{}` does not take",
             kind.trim()
