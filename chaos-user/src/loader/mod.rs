@@ -219,18 +219,29 @@ pub fn interfaces() -> Vec<Interface> {
     found
 }
 
+/// Parses the embedded object and creates its maps. The kernel's BTF is not read for it: the
+/// programs have no CO-RE relocations (the struct offsets that the hook programs need come from
+/// user space through a map), and reading it cost a tenth of a second and megabytes at every
+/// start.
+pub(crate) fn open_object() -> Result<Ebpf, LoadError> {
+    aya::EbpfLoader::new()
+        .btf(None)
+        .load(OBJECT)
+        .map_err(LoadError::Object)
+}
+
 /// Loads the `file_open` hook program of the kind this kernel runs, attaching nothing: what
 /// `file`, `nospace`, `fail` and `fd-limit` beyond sockets need.
 pub fn probe_hooks() -> Result<HookKind, LoadError> {
     check_ready()?;
-    let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+    let mut ebpf = open_object()?;
     programs::probe_calls(&mut ebpf)
 }
 
 /// Loads one program of the object alone, attaching nothing, to see whether this kernel takes it.
 pub fn probe(name: &'static str) -> Result<(), LoadError> {
     check_ready()?;
-    let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+    let mut ebpf = open_object()?;
     let refused = |source| LoadError::Refused {
         program: name,
         source,

@@ -75,7 +75,7 @@ impl Programs {
         if needs.connect {
             require_kernel("connect and dns (bpf_set_retval)", (5, 18), "5.18")?;
         }
-        let mut ebpf = Ebpf::load(OBJECT).map_err(LoadError::Object)?;
+        let mut ebpf = super::open_object()?;
         let mut needs = needs.clone();
         // `open` reads `f_mode` too, to tell an open that created its file.
         let offsets = if needs.paths || needs.calls & op::OPEN != 0 {
