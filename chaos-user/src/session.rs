@@ -374,7 +374,10 @@ impl Session {
                     log::info!("{kind}: {} was {previous}, now {value}", file.display());
                 }
                 let (file, _) = files.last().expect("a limit has a file");
-                let cpu_then = self.target.as_ref().map_or(0, |t| usage_usec(&t.path));
+                let cpu_then = self
+                    .target
+                    .as_ref()
+                    .map_or(0, |t| crate::cgroup::cpu_usage_usec(&t.path));
                 self.limits
                     .push((i, file.clone(), std::time::Instant::now(), cpu_then));
                 continue;
@@ -883,7 +886,10 @@ impl Session {
                         let cgroup = file.parent().unwrap_or(file);
                         // cgroup2 counts CPU time in every directory, with or without the
                         // controller; memory is counted where the limit is.
-                        let cpu_now = self.target.as_ref().map_or(0, |t| usage_usec(&t.path));
+                        let cpu_now = self
+                            .target
+                            .as_ref()
+                            .map_or(0, |t| crate::cgroup::cpu_usage_usec(&t.path));
                         let (place, allowed, got) = match fault {
                             FaultSpec::CpuThrottle(t) => (
                                 "cpu-ms",
@@ -1171,17 +1177,4 @@ fn target_origins(
         .filter_map(|pid| Some((pid, crate::cgroup::v1::group_of(mount, controller, pid)?)))
         .filter(|(_, group)| Some(group.as_path()) != except)
         .collect()
-}
-
-/// The CPU time a cgroup's processes used so far, in microseconds (`cpu.stat`, which every
-/// cgroup2 directory has).
-fn usage_usec(cgroup: &std::path::Path) -> u64 {
-    std::fs::read_to_string(cgroup.join("cpu.stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

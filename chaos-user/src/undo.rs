@@ -185,12 +185,7 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
                 return Ok(Outcome::AlreadyGone);
             }
             if *kill {
-                for _ in 0..100 {
-                    if crate::cgroup::kill_all(path) == 0 {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
+                crate::cgroup::empty(path, std::time::Duration::from_secs(2));
             }
             let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
             let pids: Vec<&str> = procs.split_whitespace().collect();

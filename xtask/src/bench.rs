@@ -206,34 +206,26 @@ struct Injector(Child);
 
 impl Injector {
     fn start(chaos_user: &Path, cgroup: &str, faults: &[&str]) -> Result<Injector> {
+        Injector::start_with(chaos_user, cgroup, faults, &[])
+    }
+
+    /// `inject --cgroup CGROUP --fault ... EXTRA`, once it says it is injecting.
+    fn start_with(
+        chaos_user: &Path,
+        cgroup: &str,
+        faults: &[&str],
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Injector> {
         let mut cmd = Command::new(chaos_user);
-        cmd.args(["inject", "--cgroup", cgroup]);
+        cmd.args(["inject", "--cgroup", cgroup]).args(extra);
         for f in faults {
             cmd.args(["--fault", f]);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let mut err = child.stderr.take().context("stderr")?;
-        // Ready once it says so on stderr.
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 512];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !String::from_utf8_lossy(&seen).contains("injecting into") {
-            let n = err.read(&mut buf)?;
-            if n == 0 || Instant::now() > deadline {
-                let _killed = child.kill();
-                let _reaped = child.wait();
-                bail!(
-                    "chaos-user did not start: {}",
-                    String::from_utf8_lossy(&seen)
-                );
-            }
-            seen.extend_from_slice(&buf[..n]);
-        }
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _read = err.read_to_end(&mut sink);
-        });
-        Ok(Injector(child))
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        // Dropped on failure: stopped and reaped.
+        let mut injector = Injector(child);
+        wait_for(&mut injector.0, "injecting into")?;
+        Ok(injector)
     }
 
     fn pid(&self) -> i32 {
@@ -520,21 +512,17 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
     for p in [0.01, 0.1, 0.5] {
         let report =
             std::env::temp_dir().join(format!("chaos-bench-report-{}.json", std::process::id()));
-        let mut cmd = Command::new(chaos_user);
-        cmd.args(["inject", "--cgroup", &target.name, "--json"])
-            .arg(&report)
-            .args(["--fault", &format!("loss:p={p},proto=udp,dir=egress")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn()?;
-        wait_for(&mut child, "injecting into")?;
+        let injector = Injector::start_with(
+            chaos_user,
+            &target.name,
+            &[&format!("loss:p={p},proto=udp,dir=egress")],
+            &["--json".as_ref(), report.as_os_str()],
+        )?;
         measure(
             &target,
             &["udp-n".into(), servers.udp.to_string(), packets.to_string()],
         )?;
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        child.wait()?;
+        injector.stop(libc::SIGINT)?;
         let text = std::fs::read_to_string(&report)?;
         let _removed = std::fs::remove_file(&report);
         let json: serde_json::Value = serde_json::from_str(&text)?;

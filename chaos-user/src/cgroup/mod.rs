@@ -419,6 +419,34 @@ pub fn kill_all(cgroup: &Path) -> usize {
     pids.len()
 }
 
+/// Kills what is in a cgroup chaos-user made ([`kill_all`]) until it is empty, for at most
+/// `within`; whether it is empty.
+pub fn empty(cgroup: &Path, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if kill_all(cgroup) == 0 {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The CPU time of a cgroup's processes so far, in microseconds (`usage_usec` of `cpu.stat`,
+/// which every cgroup2 directory has, with or without the cpu controller); 0 when unreadable.
+pub fn cpu_usage_usec(cgroup: &Path) -> u64 {
+    fs::read_to_string(cgroup.join("cpu.stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The processes of a cgroup and of every cgroup below it.
 pub fn processes_below(cgroup: &Path) -> Vec<i32> {
     let mut pids = Vec::new();

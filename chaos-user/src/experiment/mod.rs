@@ -101,14 +101,14 @@ impl Started {
         }
         if let Some((path, entry)) = &self.cgroup {
             // What the target command left in its cgroup goes with it.
-            empty_cgroup(path);
+            cgroup::empty(path, Duration::from_secs(5));
             undo.undo(entry)?;
         }
         for (_, child) in &mut self.services {
             stop_child(child);
         }
         if let Some((path, entry)) = &self.services_cgroup {
-            empty_cgroup(path);
+            cgroup::empty(path, Duration::from_secs(5));
             undo.undo(entry)?;
         }
         Ok(())
@@ -185,17 +185,6 @@ fn stop_child(child: &mut Child) {
     }
     let _killed = child.kill();
     let _reaped = child.wait();
-}
-
-/// Kills every process left in a cgroup the experiment made, and waits until it is empty.
-fn empty_cgroup(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if cgroup::kill_all(path) == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Starts a command in a cgroup the experiment made, its output in `log`; it gets SIGTERM

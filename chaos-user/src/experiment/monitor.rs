@@ -152,7 +152,7 @@ impl Sampler {
             (r + u.total_read_bytes, w + u.total_written_bytes)
         });
         let dir = &self.target.path;
-        let cpu = read_stat(&dir.join("cpu.stat"), "usage_usec").unwrap_or(0);
+        let cpu = crate::cgroup::cpu_usage_usec(dir);
         let base = *self.base.get_or_insert((rx, tx, read, written, cpu));
         let pids = crate::cgroup::processes_below(dir);
         let memory = std::fs::read_to_string(dir.join("memory.current"))
@@ -199,14 +199,6 @@ impl Sampler {
             },
         }
     }
-}
-
-/// A `key value` line of a cgroup stat file.
-fn read_stat(file: &std::path::Path, key: &str) -> Option<u64> {
-    std::fs::read_to_string(file)
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The `rbytes` and `wbytes` of every device in the cgroup's `io.stat`.
