@@ -97,3 +97,40 @@ fn doctor_tells_the_truth() {
         .collect();
     assert_eq!(kinds, chaos_user::spec::KINDS, "every kind is listed");
 }
+
+/// `bench-decide` runs each program armed for its own cgroup and an empty one of the same type
+/// through BPF_PROG_TEST_RUN: the armed program walks its rules and draws, so it takes longer.
+#[test]
+fn decision_cost_is_measured_in_the_kernel() {
+    if !root_or_skip() {
+        return;
+    }
+    let (status, stdout, stderr) = run(chaos_user().args(["bench-decide", "--repeat", "20000"]));
+    assert!(status.success(), "{stderr}");
+    let costs: serde_json::Value = serde_json::from_str(&stdout).expect("bench-decide's JSON");
+    println!("{costs:#}");
+    let costs = costs.as_array().expect("a list");
+    let programs: Vec<&str> = costs.iter().filter_map(|c| c["program"].as_str()).collect();
+    assert_eq!(
+        programs,
+        [
+            "chaos_egress",
+            "chaos_ingress",
+            "chaos_cg_egress",
+            "chaos_xdp",
+            "chaos_sys_enter",
+            "chaos_sys_exit"
+        ]
+    );
+    for c in costs {
+        let ns = c["ns"].as_f64().expect("ns");
+        let empty = c["empty_ns"].as_f64().expect("empty_ns");
+        assert!(empty > 0.0 && ns > 0.0, "{c}");
+    }
+    // Three rules walked, parsed and drawn for every packet: far more than returning at once.
+    let egress = &costs[0];
+    assert!(
+        egress["ns"].as_f64() > egress["empty_ns"].as_f64().map(|e| e * 1.2),
+        "{egress}"
+    );
+}

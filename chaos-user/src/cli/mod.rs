@@ -148,6 +148,14 @@ Examples:
         #[arg(num_args = 1.., allow_hyphen_values = true)]
         work: Vec<String>,
     },
+    /// What one decision of each kernel program costs, by BPF_PROG_TEST_RUN beside empty
+    /// programs of the same types, as JSON (run by `cargo xtask bench`). Attaches nothing.
+    #[command(hide = true)]
+    BenchDecide {
+        /// Runs of each program.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -393,6 +401,7 @@ pub fn main() -> i32 {
         Command::Doctor(a) => doctor::main(a),
         Command::Experiment(c) => experiment::main(c),
         Command::Stress { work } => Ok(crate::stress::main(&work)),
+        Command::BenchDecide { repeat } => bench_decide(repeat),
     };
     match result {
         Ok(status) => status,
@@ -467,4 +476,13 @@ fn warn_unreadable(unreadable: &[(PathBuf, String)]) {
             file.display()
         );
     }
+}
+
+/// `bench-decide`: the figures of [`crate::loader::cost::measure`] on stdout.
+fn bench_decide(repeat: u32) -> anyhow::Result<i32> {
+    crate::loader::check_ready()?;
+    let mount = crate::cgroup::mount_point()?;
+    let costs = crate::loader::cost::measure(&mount, repeat)?;
+    out!("{}", serde_json::to_string_pretty(&costs)?);
+    Ok(0)
 }

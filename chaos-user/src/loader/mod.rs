@@ -1,6 +1,7 @@
 //! The embedded kernel object: loading it, writing the rule records, attaching the programs
 //! the plan needs, and reading the counters back.
 
+pub mod cost;
 mod error;
 mod hooks;
 mod programs;

@@ -134,6 +134,11 @@ impl Programs {
         &self.needs
     }
 
+    /// The loaded object, for test runs (`bench-decide`).
+    pub(super) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     /// Where the LSM hook programs go (attached or not yet).
     pub fn hook_attachments(&self) -> Vec<String> {
         let Some(calls) = &self.calls else {

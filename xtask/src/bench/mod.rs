@@ -17,6 +17,10 @@ use serde::Serialize;
 
 use crate::{setup, util};
 
+mod bursts;
+mod decide;
+mod syscalls;
+
 /// Options of a run.
 pub struct Options {
     /// Fewer rounds and shorter measurements: a check that the bench runs, not figures to keep.
@@ -27,8 +31,8 @@ pub fn run(options: Options) -> Result<i32> {
     setup::run()?;
     // The comparison with iptables; the bench goes on without it where it cannot be had.
     util::warn_on_err(
-        setup::ensure_apt_packages(&["iptables"]),
-        "install iptables",
+        setup::ensure_apt_packages(&["iptables", "strace"]),
+        "install iptables and strace",
     );
     let chaos_user = util::build_chaos_user(true)?;
     let mut args = vec!["bench-as-root".to_string()];
@@ -104,6 +108,12 @@ struct Results {
     datapath: Vec<(String, Vec<(String, Figure)>)>,
     /// p asked, matched, lost, the share lost, and the 99.9% binomial interval.
     accuracy: Vec<Accuracy>,
+    /// Per-decision cost of each program, beside an empty one.
+    decisions: Vec<decide::Decision>,
+    /// Loop, then variant, then ns per call.
+    syscalls: Vec<(String, Vec<(String, Figure)>)>,
+    bursts: bursts::Bursts,
+    bandwidth: Vec<bursts::Bandwidth>,
     /// Milliseconds.
     reaction: Vec<(String, Figure)>,
     peak_rss_bytes: u64,
@@ -167,12 +177,18 @@ impl Cgroup {
 
     /// Starts `xtask bench-load ARGS` inside this cgroup.
     fn spawn_load(&self, args: &[String]) -> Result<Child> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("bench-load").args(args);
+        self.spawn(cmd)
+    }
+
+    /// Starts a command inside this cgroup, its stdout piped.
+    fn spawn(&self, mut cmd: Command) -> Result<Child> {
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(self.path.join("cgroup.procs"))?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
-        let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("bench-load").args(args).stdout(Stdio::piped());
+        cmd.stdout(Stdio::piped());
         // SAFETY: runs between fork and exec and only calls write(2) on a descriptor opened
         // before the fork, which `procs` keeps open until the spawn returns.
         unsafe {
@@ -384,6 +400,14 @@ pub fn load(args: &[String]) -> Result<i32> {
         }
         // The monotonic time it started at.
         "stamp" => monotonic_ns(),
+        "open" | "read" => {
+            let calls: u32 = arg(2).parse().context("the number of calls")?;
+            println!(
+                "{}",
+                syscalls::per_call_ns(arg(0), Path::new(arg(1)), calls)?
+            );
+            return Ok(0);
+        }
         other => bail!("unknown load `{other}`"),
     };
     println!("{count}");
@@ -402,10 +426,19 @@ fn monotonic_ns() -> u64 {
 
 /// Runs a load to its end and returns the number it printed.
 fn measure(cgroup: &Cgroup, args: &[String]) -> Result<f64> {
-    let child = cgroup.spawn_load(args)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("bench-load").args(args);
+    measure_command(cgroup, cmd)
+}
+
+/// Runs a command (a `bench-load`, perhaps under another program) in the cgroup to its end and
+/// returns the number it printed.
+fn measure_command(cgroup: &Cgroup, cmd: Command) -> Result<f64> {
+    let args = format!("{cmd:?}");
+    let child = cgroup.spawn(cmd)?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("bench-load {args:?} failed");
+        bail!("{args} failed");
     }
     String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -506,6 +539,18 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
         datapath.push((title.to_string(), figures));
     }
 
+    let decisions = decide::decisions(chaos_user, if options.quick { 100_000 } else { 1_000_000 })?;
+    let strace = syscalls::strace_runs();
+    if !strace {
+        skipped.push("(e) strace: no strace with --seccomp-bpf here".to_string());
+    }
+    let syscalls = syscalls::loops(chaos_user, &target, rounds, strace)?;
+    skipped.push(
+        "file, nospace, fail and fd-limit (BPF LSM and trampolines), and delay (the fq qdisc): \
+         this kernel refuses them; the VM lane runs them"
+            .to_string(),
+    );
+
     eprintln!("xtask: bench: loss accuracy");
     let mut accuracy = Vec::new();
     let packets: u64 = if options.quick { 20_000 } else { 100_000 };
@@ -541,6 +586,9 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
         });
     }
 
+    let bursts = bursts::gilbert(chaos_user, &target, packets)?;
+    let bandwidth = bursts::bandwidth(chaos_user, &target, secs.max(1.0) * 2.0)?;
+
     eprintln!("xtask: bench: reaction times");
     let mut cold = Vec::new();
     let mut stop = Vec::new();
@@ -568,7 +616,8 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
     eprintln!("xtask: bench: footprint");
     let (peak_rss_bytes, map_bytes) = footprint(chaos_user, &target)?;
 
-    let goals = goals(&datapath, &accuracy, &reaction, peak_rss_bytes);
+    let mut goals = goals(&datapath, &accuracy, &reaction, peak_rss_bytes);
+    goals.extend(more_goals(&decisions, &syscalls, &bursts, &bandwidth));
     let (model, cpus) = machine();
     let results = Results {
         schema_version: 1,
@@ -585,6 +634,10 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
         quick: options.quick,
         datapath,
         accuracy,
+        decisions,
+        syscalls,
+        bursts,
+        bandwidth,
         reaction,
         peak_rss_bytes,
         map_bytes,
@@ -788,6 +841,80 @@ fn goals(
     out
 }
 
+/// The goals of the per-decision cost, the syscall loops, bursts and bandwidth.
+fn more_goals(
+    decisions: &[decide::Decision],
+    syscalls: &[(String, Vec<(String, Figure)>)],
+    bursts: &bursts::Bursts,
+    bandwidth: &[bursts::Bandwidth],
+) -> Vec<Goal> {
+    let mut out = Vec::new();
+    for d in decisions {
+        let ratio = d.ns / d.empty_ns.max(f64::MIN_POSITIVE);
+        out.push(Goal {
+            what: format!("one decision of {} against an empty program", d.program),
+            goal: "≤ 2×".into(),
+            measured: format!("{ratio:.2}× ({:.0} ns against {:.0} ns)", d.ns, d.empty_ns),
+            met: ratio <= 2.0,
+        });
+    }
+    for (title, figures) in syscalls {
+        let of = |name: &str| {
+            figures
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, f)| f.median)
+        };
+        let (Some(none), Some(chaos)) = (of(syscalls::NONE), of(syscalls::CHAOS)) else {
+            continue;
+        };
+        let strace = of(syscalls::STRACE)
+            .map(|s| format!("; strace {:.2}×", s / none))
+            .unwrap_or_default();
+        out.push(Goal {
+            what: format!("{title}: (c) against (a)"),
+            goal: "≤ 1.10×".into(),
+            measured: format!("{:.3}×{strace}", chaos / none),
+            met: chaos / none <= 1.10,
+        });
+    }
+    out.push(Goal {
+        what: format!(
+            "Gilbert loss share (enter_bad={}, leave_bad={})",
+            bursts.enter_bad, bursts.leave_bad
+        ),
+        goal: format!(
+            "inside [{:.4}, {:.4}], every loss the injector's",
+            bursts.share_interval.0, bursts.share_interval.1
+        ),
+        measured: format!(
+            "{:.4} ({} missing, {} injected)",
+            bursts.share, bursts.missing, bursts.injected
+        ),
+        met: bursts.accounted()
+            && (bursts.share_interval.0..=bursts.share_interval.1).contains(&bursts.share),
+    });
+    out.push(Goal {
+        what: "Gilbert mean burst length".into(),
+        goal: format!(
+            "inside [{:.2}, {:.2}]",
+            bursts.mean_burst_interval.0, bursts.mean_burst_interval.1
+        ),
+        measured: format!("{:.2} over {} bursts", bursts.mean_burst, bursts.bursts),
+        met: (bursts.mean_burst_interval.0..=bursts.mean_burst_interval.1)
+            .contains(&bursts.mean_burst),
+    });
+    for b in bandwidth {
+        out.push(Goal {
+            what: format!("bandwidth rate={}: goodput against the rate", b.rate),
+            goal: "0.90× to 1.02×".into(),
+            measured: format!("{:.3}× ({:.2} MB/s)", b.ratio(), b.measured_mbytes),
+            met: (0.90..=1.02).contains(&b.ratio()),
+        });
+    }
+    out
+}
+
 fn write_results(r: &Results) -> Result<()> {
     use std::fmt::Write as _;
     let dir = util::root().join("bench");
@@ -863,6 +990,7 @@ fn write_results(r: &Results) -> Result<()> {
             a.p, a.matched, a.lost, a.share, a.interval.0, a.interval.1
         );
     }
+    write_more(&mut md, r);
     let _w = writeln!(
         md,
         "\n## Reaction times (ms)\n\n| from | median (range) |\n|---|---|"
@@ -915,4 +1043,82 @@ fn write_results(r: &Results) -> Result<()> {
     }
     std::fs::write(dir.join("RESULTS.md"), md)?;
     Ok(())
+}
+
+/// The sections of the per-decision cost, the syscall loops, bursts and bandwidth.
+fn write_more(md: &mut String, r: &Results) {
+    use std::fmt::Write as _;
+    let _w = writeln!(
+        md,
+        "\n## One decision of each program (BPF_PROG_TEST_RUN)\n\nArmed for the caller's \
+         cgroup with faults at p=0, on a 106-byte UDP frame or a syscall's arguments, beside an \
+         empty program of the same type. `test_run`: the kernel's average over the runs of one \
+         call; `run_time`: its run-time statistics, where the type takes no repeat.\n\n\
+         | program | faults | ns | empty, ns | against empty | by | verified instructions \
+         |\n|---|---|---|---|---|---|---|"
+    );
+    for d in &r.decisions {
+        let _w = writeln!(
+            md,
+            "| {} | `{}` | {:.1} | {:.1} | {:.2}× | {} × {} | {} |",
+            d.program,
+            d.faults.join("` `"),
+            d.ns,
+            d.empty_ns,
+            d.ns / d.empty_ns.max(f64::MIN_POSITIVE),
+            d.measured_by,
+            d.runs,
+            d.verified_insns.map_or("?".into(), |n| n.to_string())
+        );
+    }
+    let _w = writeln!(md, "\n## Syscall loops, from inside the target cgroup\n");
+    for (title, figures) in &r.syscalls {
+        let _w = writeln!(
+            md,
+            "| {title} | median (range) | against (a) |\n|---|---|---|"
+        );
+        let none = figures
+            .first()
+            .map_or(1.0, |(_, f)| f.median.max(f64::MIN_POSITIVE));
+        for (name, f) in figures {
+            let _w = writeln!(md, "| {name} | {} | {:.3}× |", f.show(1), f.median / none);
+        }
+        let _w = writeln!(md);
+    }
+    let b = &r.bursts;
+    let _w = writeln!(
+        md,
+        "## Burst loss (Gilbert-Elliott)\n\n`loss:model=gilbert,enter_bad={},leave_bad={}` on \
+         {} numbered datagrams of one flow: {} missing at the receiver, {} lost by the \
+         injector's count. Loss share {:.4} (theory {:.4}); {} bursts, mean length {:.2} \
+         (theory {:.2}).\n\n| burst length | share of bursts | theory |\n|---|---|---|",
+        b.enter_bad,
+        b.leave_bad,
+        b.sent,
+        b.missing,
+        b.injected,
+        b.share,
+        b.share_theory,
+        b.bursts,
+        b.mean_burst,
+        b.mean_burst_theory
+    );
+    for (k, measured, theory) in &b.lengths {
+        let _w = writeln!(md, "| {k} | {measured:.3} | {theory:.3} |");
+    }
+    let _w = writeln!(
+        md,
+        "\n## Bandwidth\n\nBulk TCP from the target, goodput at the receiver after the first \
+         quarter.\n\n| rate | asked MB/s | measured MB/s | ratio |\n|---|---|---|---|"
+    );
+    for bw in &r.bandwidth {
+        let _w = writeln!(
+            md,
+            "| {} | {:.2} | {:.2} | {:.3}× |",
+            bw.rate,
+            bw.asked_mbytes,
+            bw.measured_mbytes,
+            bw.ratio()
+        );
+    }
 }

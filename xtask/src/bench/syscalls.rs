@@ -1,0 +1,136 @@
+//! What the syscall hooks cost a process of the target: an open()+close() loop and a read()
+//! loop in the target cgroup, with no injector, with chaos-user's `crash` rule on that very call
+//! armed at p=0 (the raw syscall tracepoints: every call walks the rules and draws), and under
+//! `strace` set to inject an error into that call at a count the loop never reaches (strace's
+//! cheapest form: seccomp-bpf stops on the traced call only).
+
+use std::{
+    io::Read as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{Cgroup, Figure, Injector, measure, measure_command};
+
+/// Calls per measurement: below the largest count strace's `when=` takes (65535), so that its
+/// injection is due but never comes.
+const CALLS: u32 = 60_000;
+
+pub(super) const NONE: &str = "(a) no injector";
+pub(super) const CHAOS: &str = "(c) chaos-user `crash` on that call, p=0";
+pub(super) const STRACE: &str = "(e) strace --seccomp-bpf, inject due after the loop";
+
+/// Nanoseconds per iteration of the loop `kind` (in the `bench-load` process).
+pub(super) fn per_call_ns(kind: &str, path: &Path, calls: u32) -> Result<f64> {
+    let start = Instant::now();
+    match kind {
+        "open" => {
+            for _ in 0..calls {
+                drop(std::fs::File::open(path)?);
+            }
+        }
+        _ => {
+            let mut file = std::fs::File::open(path)?;
+            let mut byte = [0u8; 1];
+            for _ in 0..calls {
+                file.read_exact(&mut byte)?;
+            }
+        }
+    }
+    Ok(start.elapsed().as_nanos() as f64 / f64::from(calls))
+}
+
+/// Whether strace with seccomp-bpf filtering runs here.
+pub(super) fn strace_runs() -> bool {
+    Command::new("strace")
+        .args(["-f", "-qq", "--seccomp-bpf", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Per call, in ns: each loop, then each variant.
+pub(super) fn loops(
+    chaos_user: &Path,
+    target: &Cgroup,
+    rounds: usize,
+    strace: bool,
+) -> Result<Vec<(String, Vec<(String, Figure)>)>> {
+    let file = std::env::temp_dir().join(format!("chaos-bench-open-{}", std::process::id()));
+    std::fs::write(&file, b"x").with_context(|| format!("create {}", file.display()))?;
+    let result = run_loops(chaos_user, target, rounds, strace, &file);
+    let _removed = std::fs::remove_file(&file);
+    result
+}
+
+fn run_loops(
+    chaos_user: &Path,
+    target: &Cgroup,
+    rounds: usize,
+    strace: bool,
+    file: &Path,
+) -> Result<Vec<(String, Vec<(String, Figure)>)>> {
+    let mut variants = vec![NONE, CHAOS];
+    if strace {
+        variants.push(STRACE);
+    }
+    let mut out = Vec::new();
+    let loops = [
+        (
+            "open()+close() of a file, ns per pair",
+            "open",
+            "openat",
+            file,
+        ),
+        (
+            "read() of 1 byte, ns per call",
+            "read",
+            "read",
+            Path::new("/dev/zero"),
+        ),
+    ];
+    for (title, kind, syscall, path) in loops {
+        eprintln!("xtask: bench: {title}");
+        let args = [
+            kind.to_string(),
+            path.display().to_string(),
+            CALLS.to_string(),
+        ];
+        let mut per: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for round in 0..rounds {
+            for k in 0..variants.len() {
+                let i = (k + round) % variants.len();
+                let ns = match variants[i] {
+                    CHAOS => {
+                        let fault = format!("crash:syscall={syscall},p=0");
+                        let _injector = Injector::start(chaos_user, &target.name, &[&fault])?;
+                        measure(target, &args)?
+                    }
+                    STRACE => {
+                        let mut cmd = Command::new("strace");
+                        cmd.args(["-f", "-qq", "--seccomp-bpf", "-o", "/dev/null"])
+                            .arg(format!("-etrace={syscall}"))
+                            .arg(format!("-einject={syscall}:error=EIO:when=65535"))
+                            .arg(std::env::current_exe()?)
+                            .arg("bench-load")
+                            .args(&args);
+                        measure_command(target, cmd)?
+                    }
+                    _ => measure(target, &args)?,
+                };
+                per[i].push(ns);
+            }
+        }
+        let figures = variants
+            .iter()
+            .zip(per)
+            .map(|(v, s)| (v.to_string(), Figure::of(s)))
+            .collect();
+        out.push((title.to_string(), figures));
+    }
+    Ok(out)
+}
