@@ -87,6 +87,9 @@ impl Figure {
     }
 }
 
+/// A comparison: its title, then each variant's figure.
+type Comparison = (String, Vec<(String, Figure)>);
+
 /// A goal and whether it was met.
 #[derive(Debug, Serialize)]
 struct Goal {
@@ -105,13 +108,13 @@ struct Results {
     cpus: usize,
     quick: bool,
     /// Workload, then variant, then the figure (operations per second).
-    datapath: Vec<(String, Vec<(String, Figure)>)>,
+    datapath: Vec<Comparison>,
     /// p asked, matched, lost, the share lost, and the 99.9% binomial interval.
     accuracy: Vec<Accuracy>,
     /// Per-decision cost of each program, beside an empty one.
     decisions: Vec<decide::Decision>,
     /// Loop, then variant, then ns per call.
-    syscalls: Vec<(String, Vec<(String, Figure)>)>,
+    syscalls: Vec<Comparison>,
     bursts: bursts::Bursts,
     bandwidth: Vec<bursts::Bandwidth>,
     /// Milliseconds.
@@ -777,7 +780,7 @@ fn binomial_interval(n: u64, p: f64) -> (f64, f64) {
 }
 
 fn goals(
-    datapath: &[(String, Vec<(String, Figure)>)],
+    datapath: &[Comparison],
     accuracy: &[Accuracy],
     reaction: &[(String, Figure)],
     peak_rss: u64,
@@ -844,7 +847,7 @@ fn goals(
 /// The goals of the per-decision cost, the syscall loops, bursts and bandwidth.
 fn more_goals(
     decisions: &[decide::Decision],
-    syscalls: &[(String, Vec<(String, Figure)>)],
+    syscalls: &[Comparison],
     bursts: &bursts::Bursts,
     bandwidth: &[bursts::Bandwidth],
 ) -> Vec<Goal> {

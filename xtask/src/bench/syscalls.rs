@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{Cgroup, Figure, Injector, measure, measure_command};
+use super::{Cgroup, Comparison, Figure, Injector, measure, measure_command};
 
 /// Calls per measurement: below the largest count strace's `when=` takes (65535), so that its
 /// injection is due but never comes.
@@ -59,7 +59,7 @@ pub(super) fn loops(
     target: &Cgroup,
     rounds: usize,
     strace: bool,
-) -> Result<Vec<(String, Vec<(String, Figure)>)>> {
+) -> Result<Vec<Comparison>> {
     let file = std::env::temp_dir().join(format!("chaos-bench-open-{}", std::process::id()));
     std::fs::write(&file, b"x").with_context(|| format!("create {}", file.display()))?;
     let result = run_loops(chaos_user, target, rounds, strace, &file);
@@ -73,7 +73,7 @@ fn run_loops(
     rounds: usize,
     strace: bool,
     file: &Path,
-) -> Result<Vec<(String, Vec<(String, Figure)>)>> {
+) -> Result<Vec<Comparison>> {
     let mut variants = vec![NONE, CHAOS];
     if strace {
         variants.push(STRACE);
