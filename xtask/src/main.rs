@@ -60,10 +60,23 @@ enum Task {
         /// Fewer and shorter rounds: checks that the bench runs; its figures are not for keeping.
         #[arg(long)]
         quick: bool,
+        /// Leave out the figures of the VM lane (the `file` hooks, `delay` against netem).
+        #[arg(long)]
+        no_guest: bool,
     },
     /// The bench, once built and as root (used by `bench` through sudo).
     #[command(hide = true)]
     BenchAsRoot {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        no_guest: bool,
+    },
+    /// The bench's part in the VM lane's guest: writes its figures to OUT.
+    #[command(hide = true)]
+    BenchGuest {
+        #[arg(long)]
+        out: std::path::PathBuf,
         #[arg(long)]
         quick: bool,
     },
@@ -104,12 +117,13 @@ fn main() {
             guest: !no_guest,
         }),
         Task::Demo => demo::run(),
-        Task::Bench { quick } => bench::run(bench::Options { quick }),
-        Task::BenchAsRoot { quick } => bench::as_root(
+        Task::Bench { quick, no_guest } => bench::run(bench::Options { quick, no_guest }),
+        Task::BenchAsRoot { quick, no_guest } => bench::as_root(
             &util::root().join("target/release/chaos-user"),
-            bench::Options { quick },
+            bench::Options { quick, no_guest },
         ),
         Task::BenchLoad { args } => bench::load(&args),
+        Task::BenchGuest { out, quick } => bench::in_guest(&out, quick),
         Task::Privileged(args) => privileged::run(args),
         Task::Vm(args) => vm::run(args),
         Task::DemoAsRoot => demo::demo_as_root(&util::root().join("target/debug/chaos-user")),

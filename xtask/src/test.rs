@@ -58,6 +58,7 @@ const GUEST_TESTS: &[&str] = &[
     "cgroup_limits_are_refused_where_the_controller_is_not_enabled",
     "cpu_hog_uses_about_its_load_in_the_cgroup",
     "memory_leak_grows_at_about_its_rate_then_holds",
+    "sigkill_at_any_moment_leaves_nothing_once_recovered",
 ];
 /// The tests of the LSM hook faults, which the VM lane runs in both of its hook batches.
 const HOOK_TESTS: &[&str] = &[

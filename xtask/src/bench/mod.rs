@@ -19,12 +19,17 @@ use crate::{setup, util};
 
 mod bursts;
 mod decide;
+mod guest;
 mod syscalls;
+
+pub use guest::in_guest;
 
 /// Options of a run.
 pub struct Options {
     /// Fewer rounds and shorter measurements: a check that the bench runs, not figures to keep.
     pub quick: bool,
+    /// Leave out the VM lane's figures.
+    pub no_guest: bool,
 }
 
 pub fn run(options: Options) -> Result<i32> {
@@ -39,6 +44,9 @@ pub fn run(options: Options) -> Result<i32> {
     if options.quick {
         args.push("--quick".into());
     }
+    if options.no_guest {
+        args.push("--no-guest".into());
+    }
     if !util::is_root() {
         eprintln!("xtask: the bench attaches eBPF programs; running it through sudo");
         let status = Command::new("sudo")
@@ -51,7 +59,7 @@ pub fn run(options: Options) -> Result<i32> {
 }
 
 /// One measurement's samples and their summary.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 struct Figure {
     median: f64,
     min: f64,
@@ -117,6 +125,8 @@ struct Results {
     syscalls: Vec<Comparison>,
     bursts: bursts::Bursts,
     bandwidth: Vec<bursts::Bandwidth>,
+    /// What the VM lane measured, where it ran.
+    guest: Option<guest::GuestFigures>,
     /// Milliseconds.
     reaction: Vec<(String, Figure)>,
     peak_rss_bytes: u64,
@@ -403,6 +413,11 @@ pub fn load(args: &[String]) -> Result<i32> {
         }
         // The monotonic time it started at.
         "stamp" => monotonic_ns(),
+        "rtt" => {
+            let pings: u32 = arg(2).parse().context("the number of pings")?;
+            println!("{}", guest::rtt_ms(arg(1), pings)?);
+            return Ok(0);
+        }
         "open" | "read" => {
             let calls: u32 = arg(2).parse().context("the number of calls")?;
             println!(
@@ -547,7 +562,13 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
     if !strace {
         skipped.push("(e) strace: no strace with --seccomp-bpf here".to_string());
     }
-    let syscalls = syscalls::loops(chaos_user, &target, rounds, strace)?;
+    let syscalls = syscalls::loops(
+        chaos_user,
+        &target,
+        (rounds, syscalls::CALLS),
+        syscalls::Hook::Crash,
+        strace,
+    )?;
     skipped.push(
         "file, nospace, fail and fd-limit (BPF LSM and trampolines), and delay (the fq qdisc): \
          this kernel refuses them; the VM lane runs them"
@@ -619,8 +640,25 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
     eprintln!("xtask: bench: footprint");
     let (peak_rss_bytes, map_bytes) = footprint(chaos_user, &target)?;
 
+    let guest = if options.no_guest {
+        skipped.push("the VM lane: --no-guest".to_string());
+        None
+    } else {
+        match guest::figures(options.quick) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("xtask: bench: the VM lane: {e:#}");
+                skipped.push(format!("the VM lane: {e:#}"));
+                None
+            }
+        }
+    };
+
     let mut goals = goals(&datapath, &accuracy, &reaction, peak_rss_bytes);
     goals.extend(more_goals(&decisions, &syscalls, &bursts, &bandwidth));
+    if let Some(g) = &guest {
+        goals.extend(guest_goals(g));
+    }
     let (model, cpus) = machine();
     let results = Results {
         schema_version: 1,
@@ -641,6 +679,7 @@ pub fn as_root(chaos_user: &Path, options: Options) -> Result<i32> {
         syscalls,
         bursts,
         bandwidth,
+        guest,
         reaction,
         peak_rss_bytes,
         map_bytes,
@@ -861,26 +900,7 @@ fn more_goals(
             met: ratio <= 2.0,
         });
     }
-    for (title, figures) in syscalls {
-        let of = |name: &str| {
-            figures
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, f)| f.median)
-        };
-        let (Some(none), Some(chaos)) = (of(syscalls::NONE), of(syscalls::CHAOS)) else {
-            continue;
-        };
-        let strace = of(syscalls::STRACE)
-            .map(|s| format!("; strace {:.2}×", s / none))
-            .unwrap_or_default();
-        out.push(Goal {
-            what: format!("{title}: (c) against (a)"),
-            goal: "≤ 1.10×".into(),
-            measured: format!("{:.3}×{strace}", chaos / none),
-            met: chaos / none <= 1.10,
-        });
-    }
+    out.extend(loop_goals(syscalls, ""));
     out.push(Goal {
         what: format!(
             "Gilbert loss share (enter_bad={}, leave_bad={})",
@@ -913,6 +933,56 @@ fn more_goals(
             goal: "0.90× to 1.02×".into(),
             measured: format!("{:.3}× ({:.2} MB/s)", b.ratio(), b.measured_mbytes),
             met: (0.90..=1.02).contains(&b.ratio()),
+        });
+    }
+    out
+}
+
+/// The goal of each syscall loop: (c) against (a), strace's ratio beside it.
+fn loop_goals(loops: &[Comparison], lane: &str) -> Vec<Goal> {
+    let mut out = Vec::new();
+    for (title, figures) in loops {
+        let find = |prefix: &str| {
+            figures
+                .iter()
+                .find(|(n, _)| n.starts_with(prefix))
+                .map(|(_, f)| f.median)
+        };
+        let (Some(none), Some(chaos)) = (find("(a)"), find("(c)")) else {
+            continue;
+        };
+        let strace = find("(e)")
+            .map(|s| format!("; strace {:.2}×", s / none))
+            .unwrap_or_default();
+        out.push(Goal {
+            what: format!("{title}{lane}: (c) against (a)"),
+            goal: "≤ 1.10×".into(),
+            measured: format!("{:.3}×{strace}", chaos / none),
+            met: chaos / none <= 1.10,
+        });
+    }
+    out
+}
+
+/// The goals of the VM lane: the `file` hooks' loops, and `delay` against the time asked.
+fn guest_goals(g: &guest::GuestFigures) -> Vec<Goal> {
+    let mut out = loop_goals(&g.file_hooks, " (VM lane, `file`)");
+    let of = |name: &str| {
+        g.delay
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f.median)
+    };
+    if let Some(chaos) = of(guest::CHAOS) {
+        let netem = of(guest::NETEM)
+            .map(|n| format!("; netem {n:.2} ms"))
+            .unwrap_or_default();
+        let asked = g.delay_asked_ms;
+        out.push(Goal {
+            what: format!("delay time={asked}ms (VM lane): extra time per packet"),
+            goal: format!("{:.1} to {:.1} ms", asked * 0.95, asked * 1.05 + 1.0),
+            measured: format!("{chaos:.2} ms{netem}"),
+            met: (asked * 0.95..=asked * 1.05 + 1.0).contains(&chaos),
         });
     }
     out
@@ -970,17 +1040,7 @@ fn write_results(r: &Results) -> Result<()> {
     }
     let _w = writeln!(md, "\n## Datapath, from inside the target cgroup\n");
     for (title, figures) in &r.datapath {
-        let _w = writeln!(
-            md,
-            "| {title} | median (range) | against (a) |\n|---|---|---|"
-        );
-        let none = figures
-            .first()
-            .map_or(1.0, |(_, f)| f.median.max(f64::MIN_POSITIVE));
-        for (name, f) in figures {
-            let _w = writeln!(md, "| {name} | {} | {:.3}× |", f.show(0), f.median / none);
-        }
-        let _w = writeln!(md);
+        comparison(&mut md, title, figures, 0);
     }
     let _w = writeln!(
         md,
@@ -1076,15 +1136,29 @@ fn write_more(md: &mut String, r: &Results) {
     }
     let _w = writeln!(md, "\n## Syscall loops, from inside the target cgroup\n");
     for (title, figures) in &r.syscalls {
+        comparison(md, title, figures, 1);
+    }
+    if let Some(g) = &r.guest {
         let _w = writeln!(
             md,
-            "| {title} | median (range) | against (a) |\n|---|---|---|"
+            "## The VM lane (kernel {})\n\nWhat this host's kernel does not run, in the guest \
+             (emulated where the host has no KVM: slow, so compare ratios). The syscall loops \
+             with `file` on the BPF LSM hooks:\n",
+            g.kernel
         );
-        let none = figures
-            .first()
-            .map_or(1.0, |(_, f)| f.median.max(f64::MIN_POSITIVE));
-        for (name, f) in figures {
-            let _w = writeln!(md, "| {name} | {} | {:.3}× |", f.show(1), f.median / none);
+        for (title, figures) in &g.file_hooks {
+            comparison(md, title, figures, 1);
+        }
+        let _w = writeln!(
+            md,
+            "`delay:time={}ms` on the target's egress against netem on loopback, the extra \
+             round-trip time per delayed packet (the round trip without delay: {} ms):\n\n\
+             | delayed by | ms, median (range) |\n|---|---|",
+            g.delay_asked_ms,
+            g.base_rtt_ms.show(2)
+        );
+        for (who, f) in &g.delay {
+            let _w = writeln!(md, "| {who} | {} |", f.show(2));
         }
         let _w = writeln!(md);
     }
@@ -1124,4 +1198,25 @@ fn write_more(md: &mut String, r: &Results) {
             bw.ratio()
         );
     }
+}
+
+/// A comparison's table: each variant's median and range, and its ratio to the first.
+fn comparison(md: &mut String, title: &str, figures: &[(String, Figure)], digits: usize) {
+    use std::fmt::Write as _;
+    let _w = writeln!(
+        md,
+        "| {title} | median (range) | against (a) |\n|---|---|---|"
+    );
+    let none = figures
+        .first()
+        .map_or(1.0, |(_, f)| f.median.max(f64::MIN_POSITIVE));
+    for (name, f) in figures {
+        let _w = writeln!(
+            md,
+            "| {name} | {} | {:.3}× |",
+            f.show(digits),
+            f.median / none
+        );
+    }
+    let _w = writeln!(md);
 }

@@ -15,13 +15,38 @@ use anyhow::{Context as _, Result};
 
 use super::{Cgroup, Comparison, Figure, Injector, measure, measure_command};
 
-/// Calls per measurement: below the largest count strace's `when=` takes (65535), so that its
-/// injection is due but never comes.
-const CALLS: u32 = 60_000;
+/// Calls per measurement on the host: below the largest count strace's `when=` takes (65535),
+/// so that its injection is due but never comes.
+pub(super) const CALLS: u32 = 60_000;
 
 pub(super) const NONE: &str = "(a) no injector";
-pub(super) const CHAOS: &str = "(c) chaos-user `crash` on that call, p=0";
 pub(super) const STRACE: &str = "(e) strace --seccomp-bpf, inject due after the loop";
+
+/// Which fault of chaos-user stands on the call, armed at p=0.
+#[derive(Clone, Copy)]
+pub(super) enum Hook {
+    /// `crash`: the raw syscall tracepoints (any kernel).
+    Crash,
+    /// `file`: the BPF LSM hooks (trampolines; the VM lane).
+    File,
+}
+
+impl Hook {
+    /// The variant's name; it starts with "(c)", which the goals look for.
+    fn label(self) -> &'static str {
+        match self {
+            Hook::Crash => "(c) chaos-user `crash` on that call, p=0",
+            Hook::File => "(c) chaos-user `file` on that call (BPF LSM), p=0",
+        }
+    }
+
+    fn fault(self, kind: &str, syscall: &str) -> String {
+        match self {
+            Hook::Crash => format!("crash:syscall={syscall},p=0"),
+            Hook::File => format!("file:op={kind},p=0"),
+        }
+    }
+}
 
 /// Nanoseconds per iteration of the loop `kind` (in the `bench-load` process).
 pub(super) fn per_call_ns(kind: &str, path: &Path, calls: u32) -> Result<f64> {
@@ -57,12 +82,13 @@ pub(super) fn strace_runs() -> bool {
 pub(super) fn loops(
     chaos_user: &Path,
     target: &Cgroup,
-    rounds: usize,
+    (rounds, calls): (usize, u32),
+    hook: Hook,
     strace: bool,
 ) -> Result<Vec<Comparison>> {
     let file = std::env::temp_dir().join(format!("chaos-bench-open-{}", std::process::id()));
     std::fs::write(&file, b"x").with_context(|| format!("create {}", file.display()))?;
-    let result = run_loops(chaos_user, target, rounds, strace, &file);
+    let result = run_loops(chaos_user, target, (rounds, calls), hook, strace, &file);
     let _removed = std::fs::remove_file(&file);
     result
 }
@@ -70,11 +96,13 @@ pub(super) fn loops(
 fn run_loops(
     chaos_user: &Path,
     target: &Cgroup,
-    rounds: usize,
+    (rounds, calls): (usize, u32),
+    hook: Hook,
     strace: bool,
     file: &Path,
 ) -> Result<Vec<Comparison>> {
-    let mut variants = vec![NONE, CHAOS];
+    let chaos = hook.label();
+    let mut variants = vec![NONE, chaos];
     if strace {
         variants.push(STRACE);
     }
@@ -98,18 +126,14 @@ fn run_loops(
         let args = [
             kind.to_string(),
             path.display().to_string(),
-            CALLS.to_string(),
+            calls.to_string(),
         ];
         let mut per: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         for round in 0..rounds {
             for k in 0..variants.len() {
                 let i = (k + round) % variants.len();
                 let ns = match variants[i] {
-                    CHAOS => {
-                        let fault = format!("crash:syscall={syscall},p=0");
-                        let _injector = Injector::start(chaos_user, &target.name, &[&fault])?;
-                        measure(target, &args)?
-                    }
+                    NONE => measure(target, &args)?,
                     STRACE => {
                         let mut cmd = Command::new("strace");
                         cmd.args(["-f", "-qq", "--seccomp-bpf", "-o", "/dev/null"])
@@ -120,7 +144,11 @@ fn run_loops(
                             .args(&args);
                         measure_command(target, cmd)?
                     }
-                    _ => measure(target, &args)?,
+                    _ => {
+                        let fault = hook.fault(kind, syscall);
+                        let _injector = Injector::start(chaos_user, &target.name, &[&fault])?;
+                        measure(target, &args)?
+                    }
                 };
                 per[i].push(ns);
             }
