@@ -474,7 +474,9 @@ impl Session {
         let file = target.path.join(name);
         if !file.exists() {
             anyhow::bail!(
-                "{kind}: cgroup {} has no {name}: the {controller} controller is not enabled for                  it; enable it with `echo +{controller} > PARENT/cgroup.subtree_control` in each                  cgroup above it",
+                "{kind}: cgroup {} has no {name}: the {controller} controller is not enabled \
+                 for it; enable it with `echo +{controller} > PARENT/cgroup.subtree_control` in \
+                 each cgroup above it",
                 target.name
             );
         }

@@ -2,7 +2,11 @@
 //! process dies is written here first, so that `chaos-user recover` (or the next start) can
 //! undo what a killed session left.
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs, io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -338,8 +342,10 @@ pub struct UndoLog {
 }
 
 impl UndoLog {
-    /// Opens this process's log; nothing is written until the first entry.
+    /// Opens this process's log; nothing is written until the first entry, but a runtime
+    /// directory that others may write is refused at once, before anything is done.
     pub fn new() -> Result<UndoLog> {
+        private_dir(&runtime_dir())?;
         let pid = std::process::id();
         let start_time = process_start_time(pid)
             .with_context(|| format!("read the start time of process {pid}"))?;
@@ -419,16 +425,64 @@ impl UndoLog {
                 _ => Ok(()),
             };
         }
-        let dir = runtime_dir();
-        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        private_dir(&runtime_dir())?;
         let tmp = self.path.with_extension("tmp");
-        let text = serde_json::to_vec_pretty(&self.record)?;
-        fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
-        let file = fs::File::open(&tmp)?;
-        file.sync_all()
-            .with_context(|| format!("sync {}", tmp.display()))?;
+        write_private(&tmp, &serde_json::to_vec_pretty(&self.record)?)?;
         fs::rename(&tmp, &self.path).with_context(|| format!("write {}", self.path.display()))
     }
+}
+
+/// Creates the runtime directory readable and writable by its owner only, or checks that the
+/// one there is this user's and that nobody else may write in it: an undo log that someone
+/// else could have written must not steer `recover`.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    let meta = fs::symlink_metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    if let Some(why) = untrusted(&meta) {
+        anyhow::bail!(
+            "the runtime directory {} {why}: undo logs are kept only where nobody else can \
+             write; remove it, or name another with CHAOS_USER_RUNTIME_DIR",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Why a file or directory of the runtime directory is not to be trusted, if it is not.
+fn untrusted(meta: &fs::Metadata) -> Option<String> {
+    // SAFETY: geteuid(2) has no failure mode.
+    let euid = unsafe { libc::geteuid() };
+    if meta.file_type().is_symlink() {
+        Some("is a symbolic link".into())
+    } else if meta.uid() != euid {
+        Some(format!("belongs to uid {}, not to {euid}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "may be written by others (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    }
+}
+
+/// Writes a file that only its owner may read or write, and syncs it.
+fn write_private(path: &Path, text: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let _gone = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(text)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// The undo log of a session that is no longer running.
@@ -462,8 +516,14 @@ pub fn leftovers() -> Result<Found> {
         if !(name.starts_with("session-") && name.ends_with(".json")) {
             continue;
         }
-        let record = fs::read(&file)
-            .map_err(|e| e.to_string())
+        let trusted = match fs::symlink_metadata(&file) {
+            Ok(meta) => {
+                untrusted(&meta).map_or(Ok(()), |why| Err(format!("not trusted: it {why}")))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let record = trusted
+            .and_then(|()| fs::read(&file).map_err(|e| e.to_string()))
             .and_then(|text| serde_json::from_slice::<Record>(&text).map_err(|e| e.to_string()));
         let record = match record {
             Ok(record) => record,
@@ -497,8 +557,9 @@ pub fn rewrite_leftover(leftover: &Leftover, remaining: Vec<Entry>) -> Result<()
         start_time: 0,
         entries: remaining,
     };
-    fs::write(&leftover.file, serde_json::to_vec_pretty(&record)?)
-        .with_context(|| format!("write {}", leftover.file.display()))
+    let tmp = leftover.file.with_extension("tmp");
+    write_private(&tmp, &serde_json::to_vec_pretty(&record)?)?;
+    fs::rename(&tmp, &leftover.file).with_context(|| format!("write {}", leftover.file.display()))
 }
 
 /// Field 22 of /proc/PID/stat.
