@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench | vm`.
+//! Developer tasks: `cargo xtask setup | build | test | fuzz | demo | bench | vm`.
 #![allow(
     clippy::print_stdout,
     reason = "a command-line tool: its output is the point"
@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod privileged;
 mod setup;
 mod test;
@@ -49,6 +50,13 @@ enum Task {
         /// Run the privileged tests only in the guest kernel.
         #[arg(long)]
         guest_only: bool,
+    },
+    /// Fuzz the fault spec grammar and the scenario parser (cargo fuzz, from the corpus in
+    /// fuzz/corpus); `test` runs this too, bounded.
+    Fuzz {
+        /// Inputs per target.
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
     },
     /// Set up, build, and show loss on a real workload in a fresh cgroup next to the same
     /// workload outside it.
@@ -117,6 +125,7 @@ fn main() {
             guest: !no_guest,
         }),
         Task::Demo => demo::run(),
+        Task::Fuzz { runs } => fuzz::run(runs).map(|failed| i32::from(!failed.is_empty())),
         Task::Bench { quick, no_guest } => bench::run(bench::Options { quick, no_guest }),
         Task::BenchAsRoot { quick, no_guest } => bench::as_root(
             &util::root().join("target/release/chaos-user"),

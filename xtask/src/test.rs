@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    fuzz,
     privileged::{self, Tally},
     setup,
     util::{self, cargo, is_root},
@@ -124,6 +125,13 @@ pub fn run(options: Options) -> Result<i32> {
     util::run(cargo().args(clippy)).context("clippy")?;
 
     let unit = unit_tests()?;
+    // The parsers under the fuzzer; left out when only some privileged tests are asked for.
+    let fuzz_runs: u64 = if options.long { 1_000_000 } else { 200_000 };
+    let fuzz_failed = if options.filters.is_empty() {
+        Some(fuzz::run(fuzz_runs)?)
+    } else {
+        None
+    };
     let chaos_user = util::build_chaos_user(false)?;
     let bins = test_binaries()?;
     let args = privileged::Args {
@@ -157,6 +165,18 @@ pub fn run(options: Options) -> Result<i32> {
     );
     let mut passed = unit.passed;
     let mut failed = unit.failed;
+    if let Some(fuzz_failed) = &fuzz_failed {
+        eprintln!(
+            "fuzzing:              {} target(s) of {fuzz_runs} inputs passed, {} failed",
+            fuzz::TARGETS.len() - fuzz_failed.len(),
+            fuzz_failed.len()
+        );
+        for target in fuzz_failed {
+            eprintln!("  FAILED fuzz {target}");
+        }
+        passed += fuzz::TARGETS.len() - fuzz_failed.len();
+        failed += fuzz_failed.len();
+    }
     let mut skipped = 0;
     let lanes = host
         .iter()

@@ -55,6 +55,9 @@ pub enum SpecError {
     /// The spec is empty.
     #[error("empty fault spec")]
     Empty,
+    /// A control character (a newline, a tab, an escape), which no spec has.
+    #[error("the spec has a control character (U+{code:04X}) at character {at}")]
+    ControlCharacter { code: u32, at: usize },
     /// The kind before the colon is not one this build has.
     #[error("unknown fault kind `{0}`")]
     UnknownKind(String),
@@ -112,6 +115,9 @@ impl Classify for SpecError {
                     .to_string()
             }
             SpecError::UnknownKind(_) => format!("known kinds: {}", KINDS.join(", ")),
+            SpecError::ControlCharacter { .. } => {
+                "write the spec on one line, in printable characters".to_string()
+            }
             SpecError::UnknownKey { known, .. } => format!("known keys: {}", known.join(", ")),
             SpecError::DuplicateKey { .. } => {
                 "to add a second rule of the same kind, give a second --fault".to_string()

@@ -63,6 +63,13 @@ pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
     if text.is_empty() {
         return Err(SpecError::Empty);
     }
+    // Refused before any part is quoted back: a message must stay one plain line.
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(SpecError::ControlCharacter {
+            code: c as u32,
+            at: text[..at].chars().count() + 1,
+        });
+    }
     let (kind, rest) = text.split_once(':').unwrap_or((text, ""));
     let kind = kind.trim();
     if !KINDS.contains(&kind) {
@@ -799,15 +806,19 @@ fn parse_delay(keys: &mut Keys) -> Result<DelaySpec, SpecError> {
     })
 }
 
+/// The largest token bucket of `bandwidth`.
+const MAX_BURST: u64 = 1 << 30;
+
 fn parse_bandwidth(keys: &mut Keys) -> Result<BandwidthSpec, SpecError> {
     let rate = keys.required("rate", "bandwidth:rate=1mbit")?;
     let rate = parse_rate("rate", rate)?;
     let burst = match keys.take("burst") {
-        // Ten milliseconds at the rate, and at least one full-size packet of loopback.
-        None => (rate / 100).max(64 * 1024),
+        // Ten milliseconds at the rate, and at least one full-size packet of loopback; no
+        // more than a burst may be given.
+        None => (rate / 100).clamp(64 * 1024, MAX_BURST),
         Some(v) => {
             let burst = parse_size("burst", v)?;
-            if burst == 0 || burst > 1 << 30 {
+            if burst == 0 || burst > MAX_BURST {
                 return Err(bad("burst", v, "between 1 byte and 1GiB"));
             }
             burst

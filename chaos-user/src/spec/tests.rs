@@ -423,3 +423,29 @@ fn durations_need_units() {
         assert!(parse_duration("d", bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn control_characters_are_refused_without_being_quoted() {
+    for (text, want) in [
+        (
+            "l\0oss:p=1",
+            "the spec has a control character (U+0000) at character 2",
+        ),
+        (
+            "loss:p=1,\ndport=53",
+            "the spec has a control character (U+000A) at character 10",
+        ),
+        ("loss:p=1,dst=\u{1b}[2J", "(U+001B) at character 14"),
+    ] {
+        let err = parse_fault(text).unwrap_err().to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+        assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err:?}");
+    }
+}
+
+#[test]
+fn the_default_burst_of_a_huge_rate_is_a_burst_that_parses() {
+    let spec = parse_fault("bandwidth:rate=11tbit").unwrap();
+    assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec, "{spec}");
+    assert!(spec.to_string().ends_with("burst=1GiB"), "{spec}");
+}
