@@ -354,6 +354,14 @@ pub fn install_fq_everywhere(
         if root.kind == "fq" && root.handle == ours {
             continue;
         }
+        let sessions = u16::from_str_radix(root.handle.trim_end_matches(':'), 16)
+            .is_ok_and(|major| major & 0xf000 == 0xc000);
+        anyhow::ensure!(
+            !(root.kind == "fq" && sessions),
+            "another chaos-user session delays packets on {name} (its fq qdisc {}): one session \
+             at a time may use delay; wait for it to end, or add this delay to that session",
+            root.handle
+        );
         anyhow::ensure!(
             root.handle == "0:",
             "{name} has a root qdisc `{} {}` that someone set up; delay would have to replace \

@@ -262,4 +262,16 @@ fn missing_privileges_is_the_environment() {
     runner.args(["run", "--fault", "loss:p=0.1", "--", "/bin/true"]);
     nobody(&mut runner);
     assert_refused(&mut runner, 125, "needs root");
+
+    // Root without some capabilities: named, before anything is loaded.
+    let mut narrowed = Command::new("setpriv");
+    narrowed
+        .arg("--bounding-set=-bpf,-sys_admin")
+        .arg(chaos_tests::chaos_user_bin())
+        .args(["inject", "--cgroup", &target.name, "--fault", "loss:p=0.1"]);
+    assert_refused(
+        &mut narrowed,
+        3,
+        "this process lacks CAP_BPF, CAP_SYS_ADMIN",
+    );
 }

@@ -60,6 +60,8 @@ const GUEST_TESTS: &[&str] = &[
     "cpu_hog_uses_about_its_load_in_the_cgroup",
     "memory_leak_grows_at_about_its_rate_then_holds",
     "sigkill_at_any_moment_leaves_nothing_once_recovered",
+    "a_second_delay_session_is_refused_by_name",
+    "two_loss_sessions_on_one_cgroup_each_drop_their_share",
 ];
 /// The tests of the LSM hook faults, which the VM lane runs in both of its hook batches.
 const HOOK_TESTS: &[&str] = &[

@@ -13,6 +13,12 @@ pub enum LoadError {
     /// Not root.
     #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
     NotPrivileged,
+    /// Root, but without capabilities that loading and attaching the programs take.
+    #[error(
+        "loading eBPF programs needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN; this process \
+         lacks {0}"
+    )]
+    MissingCapabilities(String),
     /// The object does not parse.
     #[error("parse the embedded eBPF object")]
     Object(#[source] EbpfError),
@@ -122,6 +128,11 @@ impl Classify for LoadError {
                 "run `cargo xtask setup` to install the eBPF toolchain, then build again".into(),
             ),
             LoadError::NotPrivileged => Some("run it with sudo".into()),
+            LoadError::MissingCapabilities(_) => Some(
+                "run it as root with its full capability set; in a container, run it \
+                 privileged"
+                    .into(),
+            ),
             LoadError::Object(_) => Some(
                 "the kernel refused to create the maps: root needs CAP_BPF and CAP_SYS_ADMIN \
                  (in a container, run it privileged)"

@@ -150,7 +150,38 @@ pub fn check_ready() -> Result<(), LoadError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotPrivileged);
     }
+    let missing = missing_capabilities();
+    if !missing.is_empty() {
+        return Err(LoadError::MissingCapabilities(missing.join(", ")));
+    }
     Ok(())
+}
+
+/// The capabilities the programs need that this process does not have in effect (root whose
+/// bounding set was narrowed, a container that drops them).
+fn missing_capabilities() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(effective) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return Vec::new();
+    };
+    // CAP_BPF exists from kernel 5.8; before, CAP_SYS_ADMIN covers it.
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    [
+        ("CAP_BPF", 39),
+        ("CAP_NET_ADMIN", 12),
+        ("CAP_SYS_ADMIN", 21),
+    ]
+    .into_iter()
+    .filter(|&(_, bit)| bit <= last && effective & (1 << bit) == 0)
+    .map(|(name, _)| name)
+    .collect()
 }
 
 /// Whether this kernel has tcx links (6.6 and later), which make egress loss silent.

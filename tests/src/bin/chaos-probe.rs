@@ -1,6 +1,8 @@
 //! The workload the privileged tests put into cgroups. Each subcommand prints one JSON line.
 //!
 //! - `udp-send ADDR COUNT INTERVAL_US`: numbered datagrams; counts sendto errors.
+//! - `udp-flood ADDR SECONDS`: 32-byte datagrams as fast as they go; prints the count sent and
+//!   the errors.
 //! - `udp-recv SECONDS [ADDR]`: binds ADDR (127.0.0.1 by default) port 0, prints `{"port":P}`,
 //!   counts datagrams for SECONDS.
 //! - `tcp-send ADDR BYTES`: one connection; prints the bytes sent and TCP's retransmissions.
@@ -44,6 +46,7 @@ fn main() {
             arg(2).parse().unwrap_or_else(|_| usage()),
             arg(3).parse().unwrap_or_else(|_| usage()),
         ),
+        "udp-flood" => udp_flood(arg(1), arg(2).parse().unwrap_or_else(|_| usage())),
         "udp-recv" => udp_recv(
             arg(1).parse().unwrap_or_else(|_| usage()),
             args.get(2).map_or("127.0.0.1", String::as_str),
@@ -195,6 +198,24 @@ fn udp_send(to: &str, count: u32, interval_us: u64) {
         }
     }
     println!("{{\"sent\":{count},\"errors\":{errors},\"first_error\":{first_error:?}}}");
+}
+
+/// 32-byte datagrams to `to` as fast as they go for `seconds`; the count the kernel took.
+fn udp_flood(to: &str, seconds: f64) {
+    let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    socket.connect(to).expect("connect");
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let payload = [0u8; 32];
+    let (mut sent, mut errors) = (0u64, 0u64);
+    while Instant::now() < end {
+        for _ in 0..1024 {
+            match socket.send(&payload) {
+                Ok(_) => sent += 1,
+                Err(_) => errors += 1,
+            }
+        }
+    }
+    println!("{{\"sent\":{sent},\"errors\":{errors}}}");
 }
 
 fn tcp_hold(to: &str, seconds: u64) {
