@@ -151,6 +151,14 @@ impl TestCgroup {
         }
     }
 
+    /// Starts `sleep SECONDS` inside this cgroup: a process for the faults to act on.
+    pub fn sleeper(&self, seconds: u32) -> std::process::Child {
+        let mut cmd = Command::new("/bin/sleep");
+        cmd.arg(seconds.to_string());
+        self.put(&mut cmd);
+        cmd.spawn().expect("start a sleeper in the cgroup")
+    }
+
     /// Whether any process is in it or below it.
     pub fn populated(&self) -> bool {
         fs::read_to_string(self.path.join("cgroup.events"))

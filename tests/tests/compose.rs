@@ -135,10 +135,7 @@ fn a_second_session_of_an_exclusive_kind_is_refused() {
         return;
     }
     let target = TestCgroup::new("target");
-    let mut sleeper = Command::new("sleep");
-    sleeper.arg("120");
-    target.put(&mut sleeper);
-    let mut sleeper = sleeper.spawn().expect("a process in the target");
+    let mut sleeper = target.sleeper(120);
     for (kind, spec) in [
         ("dns", "dns:name=compose.invalid,answer=nxdomain"),
         ("pause", "pause:for=100ms,interval=1s"),

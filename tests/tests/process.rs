@@ -66,10 +66,7 @@ fn a_cgroup_frozen_when_chaos_user_is_killed_is_thawed_by_recover() {
         return;
     }
     let target = TestCgroup::new("target");
-    let mut sleeper = Command::new("sleep");
-    sleeper.arg("30");
-    target.put(&mut sleeper);
-    let mut sleeper = sleeper.spawn().expect("start a process in the target");
+    let mut sleeper = target.sleeper(30);
     let mut injector = Injector::start(&[
         "inject",
         "--cgroup",

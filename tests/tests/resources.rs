@@ -750,10 +750,7 @@ fn cpu_throttle_on_a_hybrid_layout_moves_the_target_into_a_v1_group_and_back() {
         "moved from {before} into a group below it: {during}"
     );
     // A process that joins the target later is moved in too, at the next tick.
-    let mut late = Command::new("/bin/sleep");
-    late.arg("30");
-    target.put(&mut late);
-    let mut late = late.spawn().expect("start a late process");
+    let mut late = target.sleeper(30);
     std::thread::sleep(Duration::from_millis(300));
     let (t0, c0) = (Instant::now(), cpu_seconds(&target));
     std::thread::sleep(Duration::from_secs(3));
@@ -917,10 +914,7 @@ fn v1_groups_of_a_killed_injector_are_undone_by_recover() {
         return;
     };
     let target = TestCgroup::new("hybrid-kill");
-    let mut sleeper = Command::new("/bin/sleep");
-    sleeper.arg("60");
-    target.put(&mut sleeper);
-    let mut sleeper = sleeper.spawn().expect("start a sleeper");
+    let mut sleeper = target.sleeper(60);
     let pid = sleeper.id();
     let before = (v1_group_name(pid, "cpu"), v1_group_name(pid, "memory"));
     let mut injector = Injector::start(&[

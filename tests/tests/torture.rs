@@ -68,10 +68,7 @@ impl Scene {
             return None;
         }
         let target = TestCgroup::new("torture");
-        let mut cmd = Command::new("sleep");
-        cmd.arg("600");
-        target.put(&mut cmd);
-        let sleeper = cmd.spawn().expect("start a process in the target");
+        let sleeper = target.sleeper(600);
         let file = fill_dir.join("data");
         std::fs::write(&file, vec![7u8; 1 << 16]).expect("write a file");
         let limits = ["cpu.max", "memory.max", "cgroup.freeze"]
