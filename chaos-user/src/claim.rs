@@ -1,6 +1,8 @@
 //! Claims on a target that only one session may hold at a time. A claim is an abstract Unix
 //! socket named after the claim and the cgroup: the kernel frees it when the process ends, in
-//! whatever way, so a claim never outlives its session and needs no undo.
+//! whatever way, so a claim never outlives its session and needs no undo. Abstract names
+//! belong to a network namespace, so every claim is made in PID 1's: a session started in
+//! another namespace (`unshare -n`, a container sharing the host's cgroups) sees the others.
 
 use std::{
     io,
@@ -58,8 +60,7 @@ pub fn claim(
             .into());
         }
     }
-    let addr = SocketAddr::from_abstract_name(key(what, id))?;
-    match UnixListener::bind_addr(&addr) {
+    match bind(what, id)? {
         Ok(socket) => Ok(Claim { _socket: socket }),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(Taken {
             what,
@@ -72,13 +73,33 @@ pub fn claim(
 }
 
 fn is_held(what: &str, id: u64) -> io::Result<bool> {
-    let addr = SocketAddr::from_abstract_name(key(what, id))?;
-    match UnixListener::bind_addr(&addr) {
+    match bind(what, id)? {
         // Free: the probe's own bind is dropped at once.
         Ok(_) => Ok(false),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(true),
         Err(e) => Err(e),
     }
+}
+
+/// Binds the claim's name in PID 1's network namespace (from here when this process is in
+/// it, or where PID 1's namespace cannot be opened, as in a sandbox that hides it). The outer
+/// error: the namespace could not be joined.
+fn bind(what: &str, id: u64) -> io::Result<io::Result<UnixListener>> {
+    let bind_here = || {
+        SocketAddr::from_abstract_name(key(what, id))
+            .and_then(|addr| UnixListener::bind_addr(&addr))
+    };
+    let init = match crate::netns::Netns::of_init() {
+        Ok(init) => init,
+        Err(e) => {
+            log::debug!("claims in this network namespace: PID 1's cannot be opened: {e}");
+            return Ok(bind_here());
+        }
+    };
+    if crate::netns::own_inode()? == init.inode {
+        return Ok(bind_here());
+    }
+    init.run(bind_here)
 }
 
 fn key(what: &str, id: u64) -> String {

@@ -25,6 +25,12 @@ pub fn own_inode() -> io::Result<u64> {
 }
 
 impl Netns {
+    /// The network namespace of PID 1: one place that every session on the machine shares,
+    /// whatever namespace it runs in.
+    pub fn of_init() -> io::Result<Netns> {
+        Netns::open(Path::new("/proc/1/ns/net"))
+    }
+
     fn open(path: &Path) -> io::Result<Netns> {
         let file = File::open(path)?;
         let inode = file.metadata()?.ino();

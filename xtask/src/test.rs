@@ -62,6 +62,7 @@ const GUEST_TESTS: &[&str] = &[
     "sigkill_at_any_moment_leaves_nothing_once_recovered",
     "a_second_delay_session_is_refused_by_name",
     "two_loss_sessions_on_one_cgroup_each_drop_their_share",
+    "a_second_session_of_an_exclusive_kind_is_refused",
 ];
 /// The tests of the LSM hook faults, which the VM lane runs in both of its hook batches.
 const HOOK_TESTS: &[&str] = &[
