@@ -509,6 +509,16 @@ pub fn leftovers() -> Result<Found> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Found::default()),
         other => other.with_context(|| format!("read {}", dir.display()))?,
     };
+    // A directory others may write in could hold logs they wrote, and this user's own file
+    // could be swapped there: none of it is trusted.
+    let meta = fs::symlink_metadata(&dir).with_context(|| format!("stat {}", dir.display()))?;
+    if let Some(why) = untrusted(&meta) {
+        anyhow::bail!(
+            "the runtime directory {} {why}: its undo logs are not trusted; look at them by \
+             hand, or name another directory with CHAOS_USER_RUNTIME_DIR",
+            dir.display()
+        );
+    }
     let mut found = Found::default();
     for item in read {
         let file = item?.path();
@@ -523,9 +533,22 @@ pub fn leftovers() -> Result<Found> {
             Err(e) => Err(e.to_string()),
         };
         let record = trusted
-            .and_then(|()| fs::read(&file).map_err(|e| e.to_string()))
-            .and_then(|text| serde_json::from_slice::<Record>(&text).map_err(|e| e.to_string()));
+            .and_then(|()| fs::read(&file).map_err(|e| format!("unreadable: {e}")))
+            .and_then(|text| {
+                serde_json::from_slice::<Record>(&text).map_err(|e| format!("not an undo log: {e}"))
+            });
         let record = match record {
+            Ok(record) if record.schema_version != SCHEMA_VERSION => {
+                found.unreadable.push((
+                    file,
+                    format!(
+                        "written in format {} by another version of chaos-user (this one reads \
+                         {SCHEMA_VERSION})",
+                        record.schema_version
+                    ),
+                ));
+                continue;
+            }
             Ok(record) => record,
             Err(why) => {
                 found.unreadable.push((file, why));

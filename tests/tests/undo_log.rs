@@ -75,16 +75,19 @@ fn damaged_or_foreign_undo_logs_are_reported_not_trusted() {
 
     let (status, stdout, stderr) = run(chaos_user().arg("recover"));
     println!("{status}\n{stdout}{stderr}");
-    assert!(status.success(), "{stderr}");
+    assert_eq!(status.code(), Some(3), "logs left alone: {stderr}");
     assert!(
         stderr.contains(&format!(
-            "{} is not an undo log (not trusted: it may be written by others (mode 666))",
+            "{} is left alone, not trusted: it may be written by others (mode 666)",
             foreign.display()
         )),
         "{stderr}"
     );
     assert!(
-        stderr.contains(&format!("{} is not an undo log (", garbage.display())),
+        stderr.contains(&format!(
+            "{} is left alone, not an undo log: ",
+            garbage.display()
+        )),
         "{stderr}"
     );
     assert!(bait.path.exists(), "the foreign log removed nothing");
@@ -130,4 +133,66 @@ fn a_runtime_directory_others_may_write_is_refused() {
     assert_eq!(entries, 0, "nothing written there");
     std::thread::sleep(Duration::from_millis(100));
     assert!(our_programs_loaded().is_empty(), "nothing attached");
+}
+
+#[test]
+fn recover_trusts_no_log_in_a_directory_others_may_write() {
+    if !root_or_skip() {
+        return;
+    }
+    let bait = TestCgroup::new(&format!("{}bait", chaos_user::cgroup::RUN_CGROUP_PREFIX));
+    let open = std::env::temp_dir().join(format!("chaos-open-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&open).expect("create the directory");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let log = open.join("session-999999999.json");
+    std::fs::write(&log, log_removing(&bait.path)).expect("write the log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (status, stdout, stderr) = run(chaos_user()
+        .env("CHAOS_USER_RUNTIME_DIR", &open)
+        .arg("recover"));
+    println!("{status}\n{stdout}{stderr}");
+    let _removed = std::fs::remove_file(&log);
+    let _removed = std::fs::remove_dir(&open);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("may be written by others (mode 777): its undo logs are not trusted"),
+        "{stderr}"
+    );
+    assert!(bait.path.exists(), "nothing undone");
+}
+
+#[test]
+fn odd_runtime_directories_and_logs_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    // A relative directory would differ from one working directory to the next.
+    let (status, _, stderr) = run(chaos_user()
+        .env("CHAOS_USER_RUNTIME_DIR", "relative-rt")
+        .arg("recover"));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not an absolute path"), "{stderr}");
+    // A log of another format is left alone, not read as this one's.
+    let dir = runtime_dir();
+    std::fs::create_dir_all(&dir).expect("the runtime directory");
+    let newer = dir.join("session-999999997.json");
+    std::fs::write(
+        &newer,
+        r#"{"schema_version":999,"pid":999999997,"start_time":1,"entries":[]}"#,
+    )
+    .expect("write the log");
+    std::fs::set_permissions(&newer, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (status, _, stderr) = run(chaos_user().arg("recover"));
+    let kept = newer.exists();
+    let _removed = std::fs::remove_file(&newer);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("written in format 999"), "{stderr}");
+    assert!(kept, "the log is left for a person to judge");
+    // Without root, recover says so rather than reading what it may not undo.
+    let mut nobody = chaos_user();
+    nobody.arg("recover");
+    std::os::unix::process::CommandExt::uid(&mut nobody, 65534);
+    let (status, _, stderr) = run(&mut nobody);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("recover needs root"), "{stderr}");
 }

@@ -129,7 +129,8 @@ Example:
   sudo chaos-user recover
 
 Running it again is harmless. Exit status 3 when something could not be undone yet (for example
-a cgroup whose processes are still running).")]
+a cgroup whose processes are still running), or when a log was left alone because it does not
+parse or others could have written it: look at it, then remove it.")]
     Recover,
     /// Show what this kernel offers: version, BTF, cgroup2, lockdown, LSMs, and which of
     /// chaos-user's programs it loads.
@@ -394,6 +395,11 @@ pub fn main() -> i32 {
             }
         }
     };
+    if let Err(e) = check_runtime_dir_variable() {
+        let (_, hint) = classify(&e);
+        print_error(&e, hint.as_deref());
+        return if under_run { 125 } else { 2 };
+    }
     let result = match cli.command {
         Command::Inject(a) => inject::main(a),
         Command::Run(a) => run::main(a),
@@ -467,12 +473,12 @@ fn report_leftovers() {
     warn_unreadable(&found.unreadable);
 }
 
-/// Names the files in the runtime directory that are not undo logs.
+/// Names the files in the runtime directory that are left alone, and why.
 fn warn_unreadable(unreadable: &[(PathBuf, String)]) {
     for (file, why) in unreadable {
         note!(
-            "chaos-user: warning: {} is not an undo log ({why}); remove it if chaos-user did not \
-             write it",
+            "chaos-user: warning: {} is left alone, {why}; look at it, and remove it if \
+             chaos-user did not write it",
             file.display()
         );
     }
@@ -485,4 +491,23 @@ fn bench_decide(repeat: u32) -> anyhow::Result<i32> {
     let costs = crate::loader::cost::measure(&mount, repeat)?;
     out!("{}", serde_json::to_string_pretty(&costs)?);
     Ok(0)
+}
+
+/// `CHAOS_USER_RUNTIME_DIR`, when set, must be an absolute path: a relative one would name a
+/// different directory from each working directory, and `recover` would miss what a session
+/// logged.
+fn check_runtime_dir_variable() -> anyhow::Result<()> {
+    match std::env::var_os("CHAOS_USER_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() && !std::path::Path::new(&dir).is_absolute() => {
+            Err(UsageError {
+                message: format!(
+                    "CHAOS_USER_RUNTIME_DIR={} is not an absolute path",
+                    std::path::Path::new(&dir).display()
+                ),
+                hint: Some("name the directory from /, for example /run/chaos-user".into()),
+            }
+            .into())
+        }
+        _ => Ok(()),
+    }
 }

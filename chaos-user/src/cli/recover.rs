@@ -5,14 +5,27 @@ use anyhow::Result;
 use crate::undo::{self, Outcome};
 
 pub(super) fn main() -> Result<i32> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "recover needs root: it removes cgroups and qdiscs and puts back limits that only \
+             root may change"
+        );
+    }
     let found = undo::leftovers()?;
     super::warn_unreadable(&found.unreadable);
+    // Logs left alone wait for a person: recover has not done all it was asked.
+    let untouched = found.unreadable.len();
     let leftovers = found.leftovers;
     let saved = list_saved_originals();
     if leftovers.is_empty() {
-        let what = if saved { "nothing else" } else { "nothing" };
+        let what = if saved || untouched > 0 {
+            "nothing else"
+        } else {
+            "nothing"
+        };
         out!("{what} to recover in {}", undo::runtime_dir().display());
-        return Ok(0);
+        return Ok(if untouched > 0 { 3 } else { 0 });
     }
     let mut pending = 0;
     for left in &leftovers {
@@ -48,7 +61,7 @@ pub(super) fn main() -> Result<i32> {
         note!("chaos-user: {pending} item(s) could not be undone yet");
         return Ok(3);
     }
-    Ok(0)
+    Ok(if untouched > 0 { 3 } else { 0 })
 }
 
 /// The damage of `corrupt-file` stays until asked: says what could be put back, and how (the
