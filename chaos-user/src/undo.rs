@@ -283,6 +283,9 @@ fn undo_here(entry: &Entry) -> Result<Outcome> {
             }
         }
         Entry::PacingCaps { cgroup, rates } => {
+            if !crate::cgroup::is_below_cgroup2(cgroup) {
+                return Ok(damaged(cgroup, "a cgroup below the cgroup2 mount"));
+            }
             if !cgroup.exists() {
                 return Ok(Outcome::AlreadyGone);
             }

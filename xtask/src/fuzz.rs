@@ -39,6 +39,16 @@ pub fn run(runs: u64) -> Result<Vec<String>> {
             failed.push((*target).to_string());
         }
     }
+    eprintln!(
+        "xtask: fuzz: {} of {} target(s) passed {runs} inputs{}",
+        TARGETS.len() - failed.len(),
+        TARGETS.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; failed: {}", failed.join(", "))
+        }
+    );
     Ok(failed)
 }
 

@@ -153,8 +153,9 @@ Examples:
     /// programs of the same types, as JSON (run by `cargo xtask bench`). Attaches nothing.
     #[command(hide = true)]
     BenchDecide {
-        /// Runs of each program.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Runs of each program (1 to 100 000 000).
+        #[arg(long, default_value_t = 1_000_000,
+              value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
         repeat: u32,
     },
 }
@@ -201,8 +202,9 @@ impl FaultArgs {
             .faults
             .iter()
             .map(|text| {
-                parse_fault(text)
-                    .map_err(|e| anyhow::Error::new(e).context(format!("--fault {text}")))
+                parse_fault(text).map_err(|e| {
+                    anyhow::Error::new(e).context(format!("--fault {}", crate::spec::shown(text)))
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let duration = self

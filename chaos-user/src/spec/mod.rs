@@ -16,6 +16,16 @@ mod text;
 mod values;
 
 pub use parse::{keys_of, parse_fault};
+
+/// Text a user gave, as a message may quote it: what cannot be shown as itself escaped, and
+/// cut after 80 characters.
+pub fn shown(text: &str) -> String {
+    let mut out: String = text.chars().take(80).flat_map(char::escape_debug).collect();
+    if text.chars().count() > 80 {
+        out.push('…');
+    }
+    out
+}
 pub use values::{
     ERRNOS, FAIL_SYSCALLS, FD_SYSCALLS, MAX_DURATION, SYSCALLS, parse_duration, parse_errno,
     parse_net, parse_ports, parse_probability, parse_rate, parse_signal, parse_size, parse_syscall,
@@ -55,9 +65,13 @@ pub enum SpecError {
     /// The spec is empty.
     #[error("empty fault spec")]
     Empty,
-    /// A control character (a newline, a tab, an escape), which no spec has.
-    #[error("the spec has a control character (U+{code:04X}) at character {at}")]
+    /// A character that cannot be shown as itself (a newline, an escape, U+202E), which no
+    /// spec has.
+    #[error("the spec has a control or invisible character (U+{code:04X}) at character {at}")]
     ControlCharacter { code: u32, at: usize },
+    /// Longer than any real spec.
+    #[error("the spec is {chars} characters long; a fault spec has at most {max}", max = parse::MAX_SPEC_CHARS)]
+    TooLong { chars: usize },
     /// The kind before the colon is not one this build has.
     #[error("unknown fault kind `{0}`")]
     UnknownKind(String),
@@ -115,7 +129,7 @@ impl Classify for SpecError {
                     .to_string()
             }
             SpecError::UnknownKind(_) => format!("known kinds: {}", KINDS.join(", ")),
-            SpecError::ControlCharacter { .. } => {
+            SpecError::ControlCharacter { .. } | SpecError::TooLong { .. } => {
                 "write the spec on one line, in printable characters".to_string()
             }
             SpecError::UnknownKey { known, .. } => format!("known keys: {}", known.join(", ")),

@@ -57,14 +57,27 @@ pub fn keys_of(kind: &str) -> &'static [&'static str] {
     }
 }
 
+/// The longest fault spec: far more than any real one.
+pub const MAX_SPEC_CHARS: usize = 1024;
+
+/// A character a message could not show as itself: control characters (a newline, a tab, an
+/// escape) and the invisible ones that reorder or hide text (U+202E, U+200B, ...).
+fn unprintable(c: char) -> bool {
+    c.is_control() || (c != ' ' && c.escape_debug().next() == Some('\\'))
+}
+
 /// Parses one fault spec. Pure: no system state is read.
 pub fn parse_fault(text: &str) -> Result<FaultSpec, SpecError> {
-    let text = text.trim();
+    // Refused before any part is quoted back: a message must stay one plain, short line.
+    let chars = text.chars().count();
+    if chars > MAX_SPEC_CHARS {
+        return Err(SpecError::TooLong { chars });
+    }
+    let text = text.trim_matches(' ');
     if text.is_empty() {
         return Err(SpecError::Empty);
     }
-    // Refused before any part is quoted back: a message must stay one plain line.
-    if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| unprintable(*c)) {
         return Err(SpecError::ControlCharacter {
             code: c as u32,
             at: text[..at].chars().count() + 1,

@@ -429,13 +429,12 @@ fn control_characters_are_refused_without_being_quoted() {
     for (text, want) in [
         (
             "l\0oss:p=1",
-            "the spec has a control character (U+0000) at character 2",
+            "a control or invisible character (U+0000) at character 2",
         ),
-        (
-            "loss:p=1,\ndport=53",
-            "the spec has a control character (U+000A) at character 10",
-        ),
+        ("loss:p=1,\ndport=53", "(U+000A) at character 10"),
         ("loss:p=1,dst=\u{1b}[2J", "(U+001B) at character 14"),
+        ("l\u{202e}oss:p=1", "(U+202E) at character 2"),
+        ("loss:p=1\n", "(U+000A) at character 9"),
     ] {
         let err = parse_fault(text).unwrap_err().to_string();
         assert!(err.contains(want), "{text:?}: {err}");
@@ -448,4 +447,14 @@ fn the_default_burst_of_a_huge_rate_is_a_burst_that_parses() {
     let spec = parse_fault("bandwidth:rate=11tbit").unwrap();
     assert_eq!(parse_fault(&spec.to_string()).unwrap(), spec, "{spec}");
     assert!(spec.to_string().ends_with("burst=1GiB"), "{spec}");
+}
+
+#[test]
+fn a_spec_longer_than_any_real_one_is_refused_briefly() {
+    let long = format!("loss:p=0.1,{}=1", "k".repeat(100_000));
+    let err = parse_fault(&long).unwrap_err().to_string();
+    assert!(err.contains("100013 characters long"), "{err}");
+    assert!(err.len() < 200, "{err}");
+    assert_eq!(super::shown(&long).chars().count(), 81);
+    assert_eq!(super::shown("a\u{1b}b"), "a\\u{1b}b");
 }
