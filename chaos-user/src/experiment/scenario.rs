@@ -305,10 +305,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         ScenarioError {
-            file: file.display().to_string(),
+            file: crate::spec::printable(&file.display().to_string()),
             line,
             column,
-            message,
+            message: crate::spec::printable(&message),
         }
     };
     let raw: Raw = toml::from_str(text).map_err(|e| {

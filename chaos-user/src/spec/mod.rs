@@ -20,9 +20,23 @@ pub use parse::{keys_of, parse_fault};
 /// Text a user gave, as a message may quote it: what cannot be shown as itself escaped, and
 /// cut after 80 characters.
 pub fn shown(text: &str) -> String {
-    let mut out: String = text.chars().take(80).flat_map(char::escape_debug).collect();
+    let mut out = printable(&text.chars().take(80).collect::<String>());
     if text.chars().count() > 80 {
         out.push('…');
+    }
+    out
+}
+
+/// `text` with every character that cannot be shown as itself (a newline, an escape, U+202E)
+/// written as an escape, the rest left as it is: a message stays one plain line.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if parse::unprintable(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
     }
     out
 }

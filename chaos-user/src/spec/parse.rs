@@ -62,7 +62,7 @@ pub const MAX_SPEC_CHARS: usize = 1024;
 
 /// A character a message could not show as itself: control characters (a newline, a tab, an
 /// escape) and the invisible ones that reorder or hide text (U+202E, U+200B, ...).
-fn unprintable(c: char) -> bool {
+pub(super) fn unprintable(c: char) -> bool {
     c.is_control() || (c != ' ' && c.escape_debug().next() == Some('\\'))
 }
 

@@ -199,3 +199,12 @@ fn errors_name_the_line_and_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn a_message_quoting_the_file_stays_one_line() {
+    let text = "[target]\ncommand = [\"true\"]\n[[phases]]\nname = \"p\"\nduration = \"1s\"\n\
+                faults = [\"lo\\nss:dep=db,p=1\"]\n";
+    let e = err(text);
+    assert!(!e.contains('\n'), "{e:?}");
+    assert!(e.contains("lo\\nss"), "{e}");
+}
