@@ -81,9 +81,14 @@ pub fn attach(
         // Someone else's clsact: use it, and leave it be. An `ingress` qdisc holds the same
         // place but has no egress hook: a filter there would never see an outgoing packet.
         Err(e) if tc_errno(&e) == Some(libc::EEXIST) => {
-            undo.forget(&qdisc)?;
+            let clsact = has_clsact(interface);
+            // Another session's, holding only chaos-user's filters: shared, and the last
+            // session out removes it. Anyone else's stays.
+            if !matches!(clsact, Ok(true)) || !only_ours(interface)? {
+                undo.forget(&qdisc)?;
+            }
             anyhow::ensure!(
-                has_clsact(interface)?,
+                clsact?,
                 "{interface} has an `ingress` qdisc, which has no egress hook; egress loss needs \
                  a clsact qdisc there (`tc qdisc del dev {interface} ingress`, then \
                  `tc qdisc add dev {interface} clsact` and re-add your ingress filters)"
@@ -188,6 +193,24 @@ struct ShownOptions {
 #[derive(serde::Deserialize)]
 struct ShownProgram {
     id: u32,
+    name: Option<String>,
+}
+
+/// Whether the clsact qdisc of `interface` holds filters, all of them chaos-user's (another
+/// session's egress program at its handle).
+fn only_ours(interface: &str) -> Result<bool> {
+    let mut all = filters(interface, "egress")?;
+    all.extend(filters(interface, "ingress")?);
+    Ok(!all.is_empty()
+        && all.iter().all(|f| {
+            f.options.as_ref().is_some_and(|o| {
+                o.handle.as_ref().and_then(parse_handle) == Some(FILTER_HANDLE)
+                    && o.prog
+                        .as_ref()
+                        .and_then(|p| p.name.as_deref())
+                        .is_some_and(|n| n == "chaos_egress")
+            })
+        }))
 }
 
 fn parse_handle(value: &serde_json::Value) -> Option<u32> {

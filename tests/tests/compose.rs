@@ -50,6 +50,8 @@ fn two_loss_sessions_on_one_cgroup_each_drop_their_share() {
         return;
     }
     let target = TestCgroup::new("target");
+    let qdiscs = || run(Command::new("tc").args(["qdisc", "show", "dev", "lo"])).1;
+    let before = qdiscs();
     let (a_report, b_report) = (report_path("a"), report_path("b"));
     let a = session(&target, "loss:p=0.5,proto=udp,dir=egress", &a_report);
     let b = session(&target, "loss:p=0.5,proto=udp,dir=egress", &b_report);
@@ -62,6 +64,8 @@ fn two_loss_sessions_on_one_cgroup_each_drop_their_share() {
     assert!(status.success(), "{lines:?}");
     let (status, lines) = b.interrupt();
     assert!(status.success(), "{lines:?}");
+    // Where the programs hang in a clsact qdisc (before tcx), the last session out removes it.
+    assert_eq!(qdiscs(), before, "the qdiscs of lo are as they were");
     let (a_matched, a_lost) = egress(&a_report);
     let (b_matched, b_lost) = egress(&b_report);
     println!(
@@ -134,7 +138,8 @@ fn a_second_session_of_an_exclusive_kind_is_refused() {
     if !root_or_skip() {
         return;
     }
-    let target = TestCgroup::new("target");
+    // At the root, where the cpu and memory controllers reach on a pure cgroup2 machine.
+    let target = TestCgroup::at_root("exclusive");
     let mut sleeper = target.sleeper(120);
     // Claims live in PID 1's network namespace, which some sandboxes hide.
     let pid1_netns = std::fs::File::open("/proc/1/ns/net").is_ok();
