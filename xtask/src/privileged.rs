@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::util::{cgroup2_mount, is_root, warn_on_err};
+use crate::util::{self, cgroup2_mount, is_root, warn_on_err};
 
 /// The marker a test prints when it skips, followed by the reason.
 pub const SKIP_MARKER: &str = "chaos-test: SKIP ";
@@ -147,6 +147,7 @@ fn run_one(args: &Args, mount: &Path, bin: &Path, name: &str, index: usize) -> R
     }
     fs::create_dir_all(&runtime)?;
     let in_cgroup = is_root();
+    let clsact_before = clsact_devices();
     if in_cgroup {
         fs::create_dir(&cgroup).with_context(|| format!("create {}", cgroup.display()))?;
     }
@@ -229,7 +230,7 @@ fn run_one(args: &Args, mount: &Path, bin: &Path, name: &str, index: usize) -> R
         .iter()
         .find_map(|l| l.split_once(SKIP_MARKER).map(|(_, r)| r.trim().to_string()));
 
-    let mut problems = leftovers(&cgroup, &runtime, in_cgroup);
+    let mut problems = leftovers(&cgroup, &runtime, in_cgroup, &clsact_before);
     warn_on_err(
         fs::remove_dir_all(&runtime),
         format!("remove {}", runtime.display()),
@@ -250,7 +251,12 @@ fn run_one(args: &Args, mount: &Path, bin: &Path, name: &str, index: usize) -> R
 }
 
 /// What a finished test left behind; cleans it up so that the next test starts clean.
-fn leftovers(cgroup: &Path, runtime: &Path, in_cgroup: bool) -> Vec<String> {
+fn leftovers(
+    cgroup: &Path,
+    runtime: &Path,
+    in_cgroup: bool,
+    clsact_before: &[String],
+) -> Vec<String> {
     let mut problems = Vec::new();
     if in_cgroup {
         let events = fs::read_to_string(cgroup.join("cgroup.events")).unwrap_or_default();
@@ -280,14 +286,19 @@ fn leftovers(cgroup: &Path, runtime: &Path, in_cgroup: bool) -> Vec<String> {
         }
     }
     // `delay`'s fq qdiscs carry handles c000: to cfff:.
-    let qdiscs = std::process::Command::new("tc")
-        .args(["qdisc", "show"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for line in qdiscs.lines() {
+    for line in qdisc_lines() {
         if line.starts_with("qdisc fq c") {
             problems.push(format!("left a qdisc: {line}"));
+        }
+    }
+    // A clsact qdisc that was not there before the test (the egress path before tcx).
+    for device in clsact_devices() {
+        if !clsact_before.contains(&device) {
+            problems.push(format!("left a clsact qdisc on {device}"));
+            warn_on_err(
+                util::run(Command::new("tc").args(["qdisc", "del", "dev", &device, "clsact"])),
+                format!("remove the clsact qdisc of {device}"),
+            );
         }
     }
     // The kernel frees a program shortly after its last reference goes.
@@ -304,6 +315,33 @@ fn leftovers(cgroup: &Path, runtime: &Path, in_cgroup: bool) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     problems
+}
+
+/// `tc qdisc show`, a line each.
+fn qdisc_lines() -> Vec<String> {
+    Command::new("tc")
+        .args(["qdisc", "show"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The interfaces (of this network namespace) that have a clsact qdisc.
+fn clsact_devices() -> Vec<String> {
+    qdisc_lines()
+        .iter()
+        .filter(|l| l.starts_with("qdisc clsact"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "dev")?;
+            words.next().map(str::to_string)
+        })
+        .collect()
 }
 
 fn loaded_programs_of_ours() -> Vec<String> {
