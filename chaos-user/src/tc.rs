@@ -201,15 +201,15 @@ struct ShownProgram {
 fn only_ours(interface: &str) -> Result<bool> {
     let mut all = filters(interface, "egress")?;
     all.extend(filters(interface, "ingress")?);
-    Ok(!all.is_empty()
-        && all.iter().all(|f| {
-            f.options.as_ref().is_some_and(|o| {
-                o.handle.as_ref().and_then(parse_handle) == Some(FILTER_HANDLE)
-                    && o.prog
-                        .as_ref()
-                        .and_then(|p| p.name.as_deref())
-                        .is_some_and(|n| n == "chaos_egress")
-            })
+    // `tc` lists each filter's priority once without options, then each handle with them.
+    let handles: Vec<&ShownOptions> = all.iter().filter_map(|f| f.options.as_ref()).collect();
+    Ok(!handles.is_empty()
+        && handles.iter().all(|o| {
+            o.handle.as_ref().and_then(parse_handle) == Some(FILTER_HANDLE)
+                && o.prog
+                    .as_ref()
+                    .and_then(|p| p.name.as_deref())
+                    .is_some_and(|n| n == "chaos_egress")
         }))
 }
 
